@@ -1,0 +1,30 @@
+"""`glus-jax` command line. Each subcommand lives in its own module exposing
+`add_arguments(parser)` and `main(args) -> int`; only working subcommands are registered here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported lazily so `glus-jax --help` is fast.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="glus-jax", description="GLUS referring video segmentation in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "_accepts_unknown", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.unknown = unknown
+    return int(importlib.import_module(args._module).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
