@@ -62,6 +62,8 @@ def save_model_dir(
     """Atomically (re)write the model directory `path`."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed earlier save
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()

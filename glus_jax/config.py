@@ -138,27 +138,35 @@ def load_experiment_config(path: str | Path, overrides: Sequence[str] = ()) -> m
 
 
 def _parse_value(text: str, current: Any, key: str) -> Any:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
-    if current is None:
-        return value
+    """Parse `text` as the type of the current value (the config's declared type)."""
+
+    def fail(kind: str):
+        raise ConfigError(f"--config.{key}: expected {kind}, got {text!r}")
+
     if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"--config.{key}: expected a bool, got {text!r}")
-        return value
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(current, str):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        fail("a bool")
+    if isinstance(current, (int, float)):
+        try:
+            return type(current)(text) if isinstance(current, float) else int(text)
+        except ValueError:
+            fail(type(current).__name__)
+    if isinstance(current, str) or current is None:
         return text
     if isinstance(current, (tuple, list)):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = None
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"--config.{key}: expected a list, got {text!r}")
+            value = [v.strip() for v in text.split(",")] if text else []
+        if current:
+            value = [_parse_value(str(v), current[0], key) for v in value]
         return type(current)(value)
-    if type(value) is not type(current):
-        raise ConfigError(f"--config.{key}: expected {type(current).__name__}, got {text!r}")
-    return value
+    fail(type(current).__name__)
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:

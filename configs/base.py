@@ -1,0 +1,62 @@
+"""Shared defaults of every experiment config (values of GLUS's train_ds.py / inference_iter.py)."""
+
+from ml_collections import ConfigDict
+
+
+def base_config() -> ConfigDict:
+    c = ConfigDict()
+    # Model: a preset name from glus_jax.models.glus.PRESETS, or a model directory to load.
+    c.model = ConfigDict(
+        dict(
+            preset="glus_s",
+            init_from="",  # model directory (converted LISA-7B-v1 + sam2_hiera_large.pt) or ""
+            dtype="bfloat16",  # compute dtype; params stay float32
+            remat=True,  # rematerialise LLM blocks in training
+        )
+    )
+    c.data = ConfigDict(
+        dict(
+            root="",
+            datasets=("mevis", "refyoutube_vos"),
+            sample_rates=(1, 1),
+            context_frames=4,
+            question_frames=4,
+            max_expressions=3,  # --num_classes_per_sample
+            max_seq_len=512,  # --model_max_length
+            num_workers=4,
+            seed=0,
+        )
+    )
+    c.train = ConfigDict(
+        dict(
+            steps=30 * 100,  # epochs x steps_per_epoch (scripts/train_glus_s.sh)
+            batch_size=2,  # per device, as --batch_size
+            grad_accum=10,
+            lr=3e-4,
+            warmup_steps=100,
+            beta1=0.9,
+            beta2=0.95,
+            weight_decay=0.0,
+            ce_weight=1.0,
+            bce_weight=2.0,
+            dice_weight=0.5,
+            contrastive=True,
+            contrastive_weight=0.1,
+            contrastive_tau=0.07,
+            bank_size=512,
+            num_negatives=128,
+            lora_rank=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            lora_targets=("q_proj", "v_proj"),
+            mem_stride=1,
+            seed=0,
+            log_every=10,
+            ckpt_every=500,
+            keep_checkpoints=3,
+        )
+    )
+    c.inference = ConfigDict(dict(context_frames=4, question_frames=4, mem_stride=3))
+    # Mesh over (data, fsdp, tensor); -1 fills with the remaining devices.
+    c.mesh = ConfigDict(dict(shape=(1, -1, 1)))
+    return c
