@@ -9,6 +9,8 @@ import sys
 
 # name -> (module, one-line help). Modules are imported lazily so `glus-jax --help` is fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": ("glus_jax.eval.cli", "Score predicted masks on a benchmark, or zip a server submission."),
+    "generate-data": ("glus_jax.data.synthetic", "Write a synthetic RefVOS dataset (MeViS or Ref-YTVOS)."),
 }
 
 
