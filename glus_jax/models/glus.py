@@ -1,0 +1,242 @@
+"""GLUS: LLaVA (CLIP + LLaMA with a [SEG] token) + SAM2 with GLUS's memory bank.
+
+Ports the model side of GLUS `model/GLUS.py` (`GLUSForCausalLM`): the `text_hidden_fcs` projection
+of the [SEG] hidden state, which hidden state that is (quirk Q2: the final-norm state at the
+position *before* each [SEG], i.e. the one whose logits predict it), and the per-query-frame SAM2
+step over the memory bank (`get_visual_embs` + prompt encoder + mask decoder + `_encode_new_memory`,
+quirk Q4). The frame loop is a pure step function run by `lax.scan` over a fixed-size bank; the
+inference protocol (prompts, context frames, key frames) lives in `glus_jax/inference/`.
+
+Parameter tree (mirrors the checkpoint names): `llava/{vision_tower, mm_projector, llm}`,
+`text_hidden_fcs/{fc1, fc2}`, `visual_model/...` (SAM2Model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from glus_jax.layers import Linear
+from glus_jax.models import llava as llava_lib
+from glus_jax.models.llava import Llava, LlavaConfig
+from glus_jax.models.sam2 import config as sam2_config
+from glus_jax.models.sam2 import memory_attention as mem_attn_lib
+from glus_jax.models.sam2 import memory_bank as mb
+from glus_jax.models.sam2 import memory_encoder as mem_enc_lib
+from glus_jax.models.sam2 import transforms as sam_transforms
+from glus_jax.models.sam2.config import SAM2Config
+from glus_jax.models.sam2.sam2 import SAM2Model
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GLUSConfig:
+    llava: LlavaConfig = dataclasses.field(default_factory=llava_lib.glus_7b)
+    sam2: SAM2Config = dataclasses.field(default_factory=sam2_config.hiera_l)
+    seg_token_id: int = 32000  # "[SEG]" in the LISA/GLUS tokenizer
+    context_frames: int = 4
+    question_frames: int = 4
+
+    @property
+    def out_dim(self) -> int:
+        """`text_hidden_fcs` output width = SAM2's prompt dimension (GLUS `--out_dim 256`)."""
+        return self.sam2.hidden_dim
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.llava.tokens_per_image
+
+
+def glus_s(**overrides) -> GLUSConfig:
+    """GLUS-S / GLUS-A / LISA-7B-v1 architecture: LLaMA-7B + CLIP ViT-L/14-224 + SAM2 hiera-large."""
+    return GLUSConfig(**overrides)
+
+
+def tiny_sam2(image_size: int = 1024, **overrides) -> SAM2Config:
+    """The oracle's `sam2_hiera_tiny_oracle.yaml` (sam2_hiera_t with tiny widths), any image size."""
+    hiera = sam2_config.HieraConfig(
+        embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
+        window_pos_embed_bkg_spatial_size=(7, 7),
+    )
+    neck = sam2_config.NeckConfig(
+        position_encoding=sam2_config.PositionEmbeddingSineConfig(num_pos_feats=64),
+        d_model=64,
+        backbone_channel_list=hiera.channel_list,
+        fpn_top_down_levels=(2, 3),
+        fpn_interp_model="nearest",
+    )
+    base = sam2_config.hiera_t()
+    return dataclasses.replace(
+        base,
+        image_encoder=sam2_config.ImageEncoderConfig(trunk=hiera, neck=neck, scalp=1),
+        memory_attention=mem_attn_lib.tiny(),
+        memory_encoder=mem_enc_lib.tiny(),
+        image_size=image_size,
+        **overrides,
+    )
+
+
+def tiny(**overrides) -> GLUSConfig:
+    """The oracle's GLUS-tiny: LLaMA 64-wide, CLIP 32-wide, tiny hiera (vocab 515, [SEG] = 512)."""
+    return GLUSConfig(**{"llava": llava_lib.tiny(), "sam2": tiny_sam2(), "seg_token_id": 512, **overrides})
+
+
+PRESETS = {"glus_s": glus_s, "tiny": tiny}
+
+
+class TextHiddenFcs(nnx.Module):
+    """`text_hidden_fcs[0]`: Linear(D, D) -> ReLU -> Linear(D, out) -> Dropout(0)."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.fc1 = Linear(in_dim, in_dim, axes=("llm_embed", None), dtype=dtype, rngs=rngs)
+        self.fc2 = Linear(in_dim, out_dim, axes=(None, "sam_embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.relu(self.fc1(x)))
+
+
+class GLUS(nnx.Module):
+    def __init__(self, cfg: GLUSConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.llava = Llava(cfg.llava, rngs=rngs)
+        self.text_hidden_fcs = TextHiddenFcs(
+            cfg.llava.llama.hidden_size, cfg.out_dim, dtype=jnp.dtype(cfg.llava.llama.dtype), rngs=rngs
+        )
+        self.visual_model = SAM2Model(cfg.sam2, rngs=rngs)
+
+
+# ------------------------------------------------------------------------ SAM2 frame step
+
+
+class FrameOutput(NamedTuple):
+    """Per query frame and expression."""
+
+    low_res_logits: jax.Array  # [E, 4h, 4w] the chosen mask logits (blank when no [SEG])
+    iou: jax.Array  # [E] predicted IoU of the chosen mask
+    object_score: jax.Array  # [E] object-score logit (unused by GLUS, kept for key-frame scoring)
+
+
+BLANK_LOGIT = -1e4  # a frame without [SEG] gets an all-background mask (the reference's blank mask)
+
+
+def frame_step(
+    sam: SAM2Model,
+    bank: mb.MemoryBank,
+    pixels: jax.Array,
+    text_embeds: jax.Array,
+    seg_ok: jax.Array,
+    frame_id: jax.Array,
+    *,
+    stride: int | jax.Array,
+    training: bool = False,
+    freeze_memory: bool = True,
+    dropout_rng: jax.Array | None = None,
+) -> tuple[mb.MemoryBank, FrameOutput]:
+    """One query frame of GLUS for E expressions that share the frame (each has its own bank).
+
+    pixels [S, S, 3] (SAM2 preprocessed), text_embeds [E, C] (projected [SEG] states), seg_ok [E]
+    (False: the LLM did not emit [SEG]: blank mask and no memory, as the reference's fallback),
+    frame_id: position of the frame in the clip (bank cleared at 0; memory selection by stride).
+    bank: batch shape (E,) per slot entry, i.e. features [slots, E, HW, C_mem].
+    """
+    cfg = sam.cfg
+    feats = sam.encode_image(pixels[None])
+    if freeze_memory:  # GLUS runs the image encoder and memory under no_grad
+        feats = jax.tree.map(jax.lax.stop_gradient, feats)
+    bank = jax.lax.cond(frame_id == 0, mb.clear, lambda b: b, bank)
+    e = text_embeds.shape[0]
+    _, h, w, c = feats.vision_features.shape
+    curr = jnp.broadcast_to(feats.vision_features.reshape(1, h * w, c), (e, h * w, c))
+    curr_pos = jnp.broadcast_to(feats.vision_pos_enc.reshape(1, h * w, c), (e, h * w, c))
+
+    # Memory attention per expression over its own padded bank; an expression with no usable
+    # memory gets `+ no_mem_embed` instead (computed for all, selected per expression).
+    selected = jax.vmap(lambda b: mb.gather(b, frame_id, cfg.num_maskmem, stride), )(
+        _bank_per_expression(bank)
+    )
+    attended = sam.memory_attention(
+        curr,
+        selected.memory[:, 0],
+        curr_pos,
+        selected.memory_pos[:, 0],
+        memory_mask=selected.mask,
+        feat_size=(h, w),
+        dropout_rng=dropout_rng,
+    )
+    has_memory = jnp.any(selected.present, axis=-1)
+    no_mem = curr + sam.no_mem_embed[...].reshape(-1).astype(curr.dtype)
+    image_embed = jnp.where(has_memory[:, None, None], attended.astype(curr.dtype), no_mem).reshape(e, h, w, c)
+    if freeze_memory:
+        image_embed = jax.lax.stop_gradient(image_embed)
+
+    high_res = tuple(jnp.broadcast_to(x, (e, *x.shape[1:])) for x in feats.high_res_feats)
+    out = sam.decode(image_embed, high_res, text_embeds=text_embeds, training=training)
+    low = out.masks[:, 0]
+
+    mem_feats, mem_pos = mb.encode_frame_memory(
+        sam.memory_encoder,
+        image_embed,
+        jax.lax.stop_gradient(low) if freeze_memory else low,
+        image_size=cfg.image_size,
+        sigmoid_scale=cfg.sigmoid_scale_for_mem_enc,
+        sigmoid_bias=cfg.sigmoid_bias_for_mem_enc,
+    )
+    if freeze_memory:
+        mem_feats, mem_pos = jax.lax.stop_gradient(mem_feats), jax.lax.stop_gradient(mem_pos)
+    new_bank = _insert_where(bank, frame_id, mem_feats, mem_pos, seg_ok)
+    low = jnp.where(seg_ok[:, None, None], low, BLANK_LOGIT)
+    return new_bank, FrameOutput(low, out.iou_pred[:, 0], out.object_score_logits[:, 0])
+
+
+def _bank_per_expression(bank: mb.MemoryBank) -> mb.MemoryBank:
+    """[slots, E, ...] features -> [E, slots, 1, ...] so `gather` runs per expression under vmap,
+    with per-expression validity ([E, slots])."""
+    return mb.MemoryBank(
+        features=jnp.moveaxis(bank.features, 1, 0)[:, :, None],
+        positions=jnp.moveaxis(bank.positions, 1, 0)[:, :, None],
+        frame_ids=bank.frame_ids,
+        valid=bank.valid,
+    )
+
+
+def _insert_where(bank: mb.MemoryBank, frame_id, feats, pos, ok) -> mb.MemoryBank:
+    """Insert frame `frame_id`'s memory for the expressions where `ok` [E] (per-expression validity)."""
+    f = jnp.asarray(frame_id, jnp.int32)
+    slot = jnp.mod(f, bank.features.shape[0])  # not bank.capacity: ids are [E, slots] here
+    keep_f = bank.features[slot]
+    keep_p = bank.positions[slot]
+    sel = ok[:, None, None]
+    return mb.MemoryBank(
+        features=bank.features.at[slot].set(jnp.where(sel, feats.astype(keep_f.dtype), keep_f)),
+        positions=bank.positions.at[slot].set(jnp.where(sel, pos.astype(keep_p.dtype), keep_p)),
+        frame_ids=bank.frame_ids.at[:, slot].set(jnp.where(ok, f, bank.frame_ids[:, slot])),
+        valid=bank.valid.at[:, slot].set(jnp.where(ok, True, bank.valid[:, slot])),
+    )
+
+
+def init_bank(cfg: SAM2Config, num_expressions: int, stride: int, dtype=jnp.float32) -> mb.MemoryBank:
+    """An empty bank for E expressions: features [slots, E, HW, C_mem], ids/validity [E, slots]."""
+    slots = mb.bank_capacity(cfg.num_maskmem, stride)
+    hw = cfg.image_embedding_size**2
+    bank = mb.init_bank(slots, (num_expressions,), hw, cfg.mem_dim, dtype)
+    return bank._replace(
+        frame_ids=jnp.full((num_expressions, slots), -1, jnp.int32),
+        valid=jnp.zeros((num_expressions, slots), bool),
+    )
+
+
+def sam_preprocess(frames: jax.Array, image_size: int) -> jax.Array:
+    """uint8 frames [..., H, W, 3] -> SAM2 pixels [..., S, S, 3] (SAM2Transforms)."""
+    lead = frames.shape[:-3]
+    x = sam_transforms.preprocess(frames.reshape(-1, *frames.shape[-3:]), image_size)
+    return x.reshape(*lead, *x.shape[1:])
+
+
+def upsample_logits(low_res: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """[..., h, w] low-res logits -> [..., H, W] (`postprocess_masks`: bilinear, align_corners=False)."""
+    lead = low_res.shape[:-2]
+    x = low_res.reshape(-1, 1, *low_res.shape[-2:])
+    return sam_transforms.postprocess_masks(x, size).reshape(*lead, *size)
