@@ -7,10 +7,14 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help). Modules are imported lazily so `glus-jax --help` is fast.
+# name -> (target, one-line help). A target is a module, or "module:object", exposing
+# `add_arguments(parser)` and `main(args)`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("glus_jax.inference.cli:convert", "Convert a released GLUS/LISA checkpoint to a model directory."),
+    "segment": ("glus_jax.inference.cli:segment", "Segment a video, frame folder or dataset split."),
     "evaluate": ("glus_jax.eval.cli", "Score predicted masks on a benchmark, or zip a server submission."),
     "generate-data": ("glus_jax.data.synthetic", "Write a synthetic RefVOS dataset (MeViS or Ref-YTVOS)."),
+    "prepare-tfds": ("glus_jax.data.tfds_builder", "Build TFDS array_record files of a RefVOS training dataset."),
 }
 
 
@@ -20,12 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        _target(module).add_arguments(p)
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "_accepts_unknown", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.unknown = unknown
-    return int(importlib.import_module(args._module).main(args) or 0)
+    return int(_target(args._module).main(args) or 0)
+
+
+def _target(spec: str):
+    module, _, attr = spec.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
 
 
 if __name__ == "__main__":
