@@ -113,92 +113,6 @@ class GLUSPipeline:
         model, tokenizer, _ = load_model(model_dir)
         return cls(model, tokenizer, **kwargs)
 
-    # ------------------------------------------------------------------------ jitted pieces
-
-    def _model(self, state) -> GLUS:
-        return nnx.merge(self.graphdef, state)
-
-    @functools.cached_property
-    def _clip_fn(self):
-        @jax.jit
-        def fn(state, pixels):
-            return self._model(state).llava.encode_images(pixels)
-
-        return fn
-
-    @functools.cached_property
-    def _prefill_fn(self):
-        @functools.partial(jax.jit, static_argnames=("cache_len", "max_len"))
-        def fn(state, ids, mask, feats, *, cache_len, max_len):
-            m = self._model(state)
-            sp = m.llava.embed_multimodal(ids, feats, max_len=max_len, attention_mask=mask)
-            cache = m.llava.llm.init_cache(1, cache_len)
-            _, cache = m.llava.llm.model(
-                inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, positions=sp.positions, cache=cache
-            )
-            return cache
-
-        return fn
-
-    @functools.cached_property
-    def _suffix_fn(self):
-        @functools.partial(jax.jit, static_argnames=("max_len",))
-        def fn(state, cache, ids, mask, feats, offset, n_valid, *, max_len):
-            m = self._model(state)
-            sp = m.llava.embed_multimodal(ids, feats, max_len=max_len, attention_mask=mask)
-            s = ids.shape[0]
-            cache = cache.repeat(s)
-            hidden, _ = m.llava.llm.model(
-                inputs_embeds=sp.inputs_embeds,
-                attention_mask=sp.attention_mask,
-                positions=sp.positions + offset,
-                cache=cache,
-            )
-            last = jnp.take_along_axis(hidden, (n_valid - 1)[:, None, None], axis=1)[:, 0]
-            return self._head(m, last)
-
-        return fn
-
-    @functools.cached_property
-    def _full_fn(self):
-        @functools.partial(jax.jit, static_argnames=("max_len",))
-        def fn(state, ids, mask, feats, n_valid, *, max_len):
-            m = self._model(state)
-            sp = m.llava.embed_multimodal(ids, feats, max_len=max_len, attention_mask=mask)
-            hidden, _ = m.llava.llm.model(
-                inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, positions=sp.positions
-            )
-            last = jnp.take_along_axis(hidden, (n_valid - 1)[:, None, None], axis=1)[:, 0]
-            return self._head(m, last)
-
-        return fn
-
-    @staticmethod
-    def _head(m: GLUS, last_hidden):
-        """Q2: the [SEG] embedding is text_hidden_fcs of the final-norm state at the last prompt
-        position (the one whose logits predict [SEG]); greedy next token from the same state."""
-        logits = m.llava.llm.logits(last_hidden)
-        return m.text_hidden_fcs(last_hidden).astype(jnp.float32), jnp.argmax(logits, axis=-1), logits
-
-    @functools.cached_property
-    def _propagate_fn(self):
-        image_size = self.config.sam2.image_size
-
-        @jax.jit
-        def fn(state, bank, frames, text, ok, frame_ids):
-            pixels = glus_lib.sam_preprocess(frames, image_size)
-            sam = self._model(state).visual_model
-
-            # The module is a broadcast scan operand (NNX modules may not be closed over by a scan).
-            def step(sam, bank, xs):
-                px, t, o, f = xs
-                return glus_lib.frame_step(sam, bank, px, t, o, f, stride=self.mem_stride)
-
-            scan = nnx.scan(step, in_axes=(None, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-            return scan(sam, bank, (pixels, text, ok, frame_ids))
-
-        return fn
-
     # ------------------------------------------------------------------------------ stages
 
     def clip_tokens(self, frames: np.ndarray) -> jax.Array:
@@ -212,7 +126,7 @@ class GLUSPipeline:
             pad = b - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            out.append(self._clip_fn(self.state, chunk)[: b - pad])
+            out.append(_encode_clip(self.graphdef, self.state, chunk)[: b - pad])
         return jnp.concatenate(out)
 
     def _step_prompts(self, expression: str, n_steps: int, answers: Sequence[str]) -> list[list[int]]:
@@ -279,7 +193,7 @@ class GLUSPipeline:
                 feats = jnp.concatenate([ctx_feats, tokens[jnp.asarray(win)]])[None]
                 padded, mask = self._pad_rows([ids], t)
                 n_valid = np.asarray([len(ids) + (f - 1) * n_img], np.int32)
-                e, g, _ = self._full_fn(self.state, padded, mask, feats, n_valid, max_len=max_len)
+                e, g, _ = _full(self.graphdef, self.state, padded, mask, feats, n_valid, max_len=max_len)
                 out_e.append(np.asarray(e)[0])
                 out_g.append(int(np.asarray(g)[0]))
             return np.stack(out_e), np.asarray(out_g)
@@ -299,7 +213,7 @@ class GLUSPipeline:
         ids, mask = self._pad_rows([prefix], p_tok)
         # Suffix rows are written after the (padded) prefix slots; padded slots are masked out and
         # positions continue from the real prefix length, so padding changes nothing.
-        cache = self._prefill_fn(self.state, ids, mask, ctx_feats[None], cache_len=p_max + s_max, max_len=p_max)
+        cache = _prefill(self.graphdef, self.state, ids, mask, ctx_feats[None], cache_len=p_max + s_max, max_len=p_max)
         offset = jnp.asarray(p_len, jnp.int32)
         out_e, out_g = [], []
         b = self.llm_batch
@@ -312,7 +226,7 @@ class GLUSPipeline:
             ids, mask = self._pad_rows(rows, s_tok)
             feats = tokens[jnp.asarray([w + [w[-1]] * (q - len(w)) for w in wins])]  # [b, q, F, D]
             n_valid = np.asarray([len(r) + (f - 1) * len(w) for r, w in zip(rows, wins)], np.int32)
-            e, g, _ = self._suffix_fn(self.state, cache, ids, mask, feats, offset, n_valid, max_len=s_max)
+            e, g, _ = _suffix(self.graphdef, self.state, cache, ids, mask, feats, offset, n_valid, max_len=s_max)
             out_e.append(np.asarray(e)[: b - pad])
             out_g.append(np.asarray(g)[: b - pad])
         return np.concatenate(out_e), np.concatenate(out_g)
@@ -339,7 +253,7 @@ class GLUSPipeline:
             t = np.concatenate([text[i : i + c], np.zeros((pad, *text.shape[1:]), text.dtype)])
             o = np.concatenate([ok[i : i + c], np.zeros((pad, e), bool)])
             fid = np.concatenate([np.arange(i, i + len(idx)), np.full(pad, -1)]).astype(np.int32)
-            bank, out = self._propagate_fn(self.state, bank, fr, t, o, fid)
+            bank, out = _propagate(self.graphdef, self.state, bank, fr, t, o, fid, mem_stride=self.mem_stride)
             outs.append(jax.tree.map(lambda x: np.asarray(x)[: c - pad], out))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
@@ -398,3 +312,70 @@ class GLUSPipeline:
     def _masks(self, low_res: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """Binary masks at the original size, upsampled frame by frame (no [T, H, W] float spike)."""
         return np.stack([np.asarray(_upsample(l[None], size))[0] > 0 for l in low_res])
+
+
+# ------------------------------------------------------------------------------ jitted kernels
+# The GraphDef is a static argument: every pipeline of the same architecture shares one compiled
+# program per shape.
+
+
+def _head(m: GLUS, last_hidden):
+    """Q2: the [SEG] embedding is text_hidden_fcs of the final-norm state at the last prompt
+    position (the one whose logits predict [SEG]); greedy next token from the same state."""
+    logits = m.llava.llm.logits(last_hidden)
+    return m.text_hidden_fcs(last_hidden).astype(jnp.float32), jnp.argmax(logits, axis=-1), logits
+
+
+def _last(hidden, n_valid):
+    return jnp.take_along_axis(hidden, (n_valid - 1)[:, None, None], axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_clip(graphdef, state, pixels):
+    return nnx.merge(graphdef, state).llava.encode_images(pixels)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("cache_len", "max_len"))
+def _prefill(graphdef, state, ids, mask, feats, *, cache_len, max_len):
+    m = nnx.merge(graphdef, state)
+    sp = m.llava.embed_multimodal(ids, feats, max_len=max_len, attention_mask=mask)
+    cache = m.llava.llm.init_cache(1, cache_len)
+    _, cache = m.llava.llm.model(
+        inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, positions=sp.positions, cache=cache
+    )
+    return cache
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_len",))
+def _suffix(graphdef, state, cache, ids, mask, feats, offset, n_valid, *, max_len):
+    m = nnx.merge(graphdef, state)
+    sp = m.llava.embed_multimodal(ids, feats, max_len=max_len, attention_mask=mask)
+    hidden, _ = m.llava.llm.model(
+        inputs_embeds=sp.inputs_embeds,
+        attention_mask=sp.attention_mask,
+        positions=sp.positions + offset,
+        cache=cache.repeat(ids.shape[0]),
+    )
+    return _head(m, _last(hidden, n_valid))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_len",))
+def _full(graphdef, state, ids, mask, feats, n_valid, *, max_len):
+    m = nnx.merge(graphdef, state)
+    sp = m.llava.embed_multimodal(ids, feats, max_len=max_len, attention_mask=mask)
+    hidden, _ = m.llava.llm.model(inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, positions=sp.positions)
+    return _head(m, _last(hidden, n_valid))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("mem_stride",))
+def _propagate(graphdef, state, bank, frames, text, ok, frame_ids, *, mem_stride):
+    sam = nnx.merge(graphdef, state).visual_model
+    pixels = glus_lib.sam_preprocess(frames, sam.cfg.image_size)
+
+    # The module is a broadcast scan operand (NNX modules may not be closed over by a scan).
+    def step(sam, bank, xs):
+        px, t, o, f = xs
+        return glus_lib.frame_step(sam, bank, px, t, o, f, stride=mem_stride)
+
+    scan = nnx.scan(step, in_axes=(None, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    return scan(sam, bank, (pixels, text, ok, frame_ids))
