@@ -134,15 +134,34 @@ def check_params_match(path: str | Path, expected: Mapping[str, tuple[tuple[int,
         raise CheckpointError("\n".join(parts))
 
 
-def load_params(path: str | Path, abstract: Mapping | None = None) -> dict:
+def _checkpointer(local: bool) -> ocp.StandardCheckpointer:
+    if local and jax.process_count() > 1:
+        # This process alone reads the directory: no barriers with the other processes.
+        me = jax.process_index()
+        opts = ocp.options.MultiprocessingOptions(
+            primary_host=None, active_processes={me}, barrier_sync_key_prefix=f"local{me}"
+        )
+        return ocp.StandardCheckpointer(multiprocessing_options=opts)
+    return ocp.StandardCheckpointer()
+
+
+def load_params(path: str | Path, abstract: Mapping | None = None, *, local: bool = False) -> dict:
     """Restore the parameter tree. `abstract`: a tree of jax.ShapeDtypeStruct (optionally with
-    `.sharding`) to restore into (dtype cast + placement); its paths/shapes are checked first."""
+    `.sharding`) to restore into (dtype cast + placement); its paths/shapes are checked first.
+    `local`: every process reads the whole tree on its own, without cross-process barriers
+    (independent inference workers); the default restores collectively, as training does."""
     path = Path(path).absolute()
     _check_complete(path)
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer(local) as ckptr:
         if abstract is None:
             return ckptr.restore(path / "params")
         plain = _plain(abstract)
+        if local:  # place every leaf on this process's first device unless told otherwise
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            plain = jax.tree.map(
+                lambda x: x if getattr(x, "sharding", None) else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                plain,
+            )
         check_params_match(path, {k: (tuple(v.shape), v.dtype) for k, v in _flatten(plain).items()})
         return ckptr.restore(path / "params", plain)
 

@@ -47,3 +47,26 @@ ORACLE_EXPRESSION = "The red ball moving to the right."
 
 def golden_steps() -> list[dict]:
     return json.loads((GOLDEN / "conv_inference_steps.json").read_text())["infer"]
+
+
+def random_glus_dir(root: Path, *, image_size: int = 64, seed: int = 0) -> Path:
+    """A model directory of a tiny GLUS (the oracle tokenizer, a SAM2 of `image_size` px) with random
+    weights: for tests of plumbing (runner, CLI, IO) where the masks themselves do not matter."""
+    import jax
+    from flax import nnx
+
+    from glus_jax.data.tokenizer import GLUSTokenizer
+    from glus_jax.models.glus import GLUS, tiny, tiny_sam2
+    from glus_jax.models.io import save_model
+
+    path = root / f"random_glus_{image_size}"
+    if path.exists():
+        return path
+    model = nnx.eval_shape(lambda: GLUS(tiny(sam2=tiny_sam2(image_size)), rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(seed)
+    state = nnx.state(model)
+    for _, var in nnx.to_flat_state(state):
+        var.set_value(jax.numpy.asarray(rng.normal(0, 0.05, var.shape).astype(np.float32)))
+    nnx.update(model, state)
+    save_model(path, model, GLUSTokenizer.from_dir(GOLDEN / "tok_glus_tiny"), source={"random": seed})
+    return path

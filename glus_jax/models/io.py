@@ -43,11 +43,14 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def load_model(path: str | Path, *, dtype: str | None = None) -> tuple[GLUS, GLUSTokenizer, dict]:
+def load_model(
+    path: str | Path, *, dtype: str | None = None, local: bool = True
+) -> tuple[GLUS, GLUSTokenizer, dict]:
     """(model, tokenizer, stored config dict) from a model directory.
 
     `dtype`: compute dtype override ("float32" / "bfloat16") for every tower; params keep theirs.
-    A directory of another architecture fails listing the mismatched parameter paths."""
+    A directory of another architecture fails listing the mismatched parameter paths.
+    `local`: each JAX process loads the whole model on its own (inference workers)."""
     path = Path(path)
     stored = checkpoint.load_config(path)
     if "model" not in stored:
@@ -60,7 +63,7 @@ def load_model(path: str | Path, *, dtype: str | None = None) -> tuple[GLUS, GLU
     abstract = jax.tree.map(
         lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), model_params(model)
     )
-    params = checkpoint.load_params(path, abstract)
+    params = checkpoint.load_params(path, abstract, local=local)
     flat = _flatten(params)
     state = nnx.state(model, nnx.Not(nnx.RngState))
     for p, var in nnx.to_flat_state(state):
