@@ -261,15 +261,20 @@ class GLUSPipeline:
 
     def segment(
         self,
-        frames: np.ndarray,
+        frames: np.ndarray | str | Path,
         expressions: Sequence[str],
         key_frames: Sequence[int] | None = None,
     ) -> list[SegmentResult]:
-        """Segment every expression in the video frames [T, H, W, 3] uint8.
+        """Segment every expression in the video: frames [T, H, W, 3] uint8, or a video file / frame
+        folder path.
 
         key_frames: per expression, the index of the key frame (0 = plain forward run); each
         expression propagates from its key frame to the end, then back to the start.
         """
+        if isinstance(frames, (str, Path)):
+            from glus_jax.inference.video_io import read_video
+
+            frames = read_video(frames).frames
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")

@@ -51,7 +51,7 @@ def load_model(
     `dtype`: compute dtype override ("float32" / "bfloat16") for every tower; params keep theirs.
     A directory of another architecture fails listing the mismatched parameter paths.
     `local`: each JAX process loads the whole model on its own (inference workers)."""
-    path = Path(path)
+    path = resolve_model_dir(path)
     stored = checkpoint.load_config(path)
     if "model" not in stored:
         raise checkpoint.CheckpointError(f"{path}/config.yaml: no 'model' section (not a GLUS model directory)")
@@ -71,6 +71,20 @@ def load_model(
     nnx.update(model, state)
     tokenizer = GLUSTokenizer.from_dir(path / "tokenizer", add_glus_tokens=False)
     return model, tokenizer, stored
+
+
+def resolve_model_dir(path_or_repo: str | Path) -> Path:
+    """A local model directory, or a Hugging Face repo id holding one (downloaded when no such local
+    path exists; offline machines get a clear error)."""
+    path = Path(path_or_repo)
+    if path.exists() or str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path_or_repo)))
+    except Exception as e:  # offline, unknown repo, ...
+        raise checkpoint.CheckpointError(f"{path_or_repo}: not a local model directory and not fetchable: {e}") from None
 
 
 def with_dtype(model_cfg: dict, dtype: str) -> dict:
