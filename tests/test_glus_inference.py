@@ -105,23 +105,28 @@ def torch_reference():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("key", [4, 9])
-def test_key_frame_mode_matches_the_pytorch_reference(pipe, torch_reference, key):
+@pytest.fixture(scope="module")
+def key_frame_runs(pipe):
     frames = oracle_frames()
-    want = torch_reference.segment(frames, ORACLE_EXPRESSION, key_frame=key)
-    res = pipe.segment(frames, [ORACLE_EXPRESSION], key_frames=[key])[0]
+    return {k: pipe.segment(frames, [ORACLE_EXPRESSION], key_frames=[k])[0] for k in (4, 9)}
+
+
+@pytest.mark.parametrize("key", [4, 9])
+def test_key_frame_mode_matches_the_pytorch_reference(key_frame_runs, torch_reference, key):
+    want = torch_reference.segment(oracle_frames(), ORACLE_EXPRESSION, key_frame=key)
+    res = key_frame_runs[key]
     assert [[r.frame for r in p] for p in res.steps] == protocol.key_frame_passes(10, key)
     _check_masks(res.masks, res.logits((96, 128)), np.asarray(want["logits"]))
 
 
-def test_cli_key_frame_writes_every_frame_under_its_own_name(model_dirs, pipe, tmp_path):
+def test_cli_key_frame_writes_every_frame_under_its_own_name(model_dirs, key_frame_runs, tmp_path):
     out = tmp_path / "out"
     argv = ["segment", "--model", str(model_dirs["default"]), "--frames", str(FRAMES_DIR),
             "--expression", ORACLE_EXPRESSION, "--out", str(out), "--key-frame", "00004"]
     assert cli(argv) == 0
     d = out / "v0" / "0"
     assert sorted(p.stem for p in d.glob("*.png")) == NAMES
-    res = pipe.segment(oracle_frames(), [ORACLE_EXPRESSION], key_frames=[4])[0]
+    res = key_frame_runs[4]
     for i, n in enumerate(NAMES):
         np.testing.assert_array_equal(np.asarray(Image.open(d / f"{n}.png")) > 0, res.masks[i])
     # Frames 0..4 come from the backward pass (4, 3, 2, 1, 0), 5..9 from the forward pass.
