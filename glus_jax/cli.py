@@ -12,6 +12,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("glus_jax.inference.cli:convert", "Convert a released GLUS/LISA checkpoint to a model directory."),
     "segment": ("glus_jax.inference.cli:segment", "Segment a video, frame folder or dataset split."),
+    "select-key-frames": ("glus_jax.kfs.cli:select_key_frames", "Choose a key frame per expression (selector or self-refinement) as a score JSON."),
     "evaluate": ("glus_jax.eval.cli", "Score predicted masks on a benchmark, or zip a server submission."),
     "generate-data": ("glus_jax.data.synthetic", "Write a synthetic RefVOS dataset (MeViS or Ref-YTVOS)."),
     "prepare-tfds": ("glus_jax.data.tfds_builder", "Build TFDS array_record files of a RefVOS training dataset."),
