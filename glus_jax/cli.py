@@ -13,6 +13,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("glus_jax.inference.cli:convert", "Convert a released GLUS/LISA checkpoint to a model directory."),
     "segment": ("glus_jax.inference.cli:segment", "Segment a video, frame folder or dataset split."),
     "select-key-frames": ("glus_jax.kfs.cli:select_key_frames", "Choose a key frame per expression (selector or self-refinement) as a score JSON."),
+    "kfs-targets": ("glus_jax.kfs.cli:kfs_targets", "Per-frame IoU targets for the key-frame selector."),
+    "train-selector": ("glus_jax.kfs.cli:train_selector", "Train the key-frame selector on targets."),
     "evaluate": ("glus_jax.eval.cli", "Score predicted masks on a benchmark, or zip a server submission."),
     "generate-data": ("glus_jax.data.synthetic", "Write a synthetic RefVOS dataset (MeViS or Ref-YTVOS)."),
     "prepare-tfds": ("glus_jax.data.tfds_builder", "Build TFDS array_record files of a RefVOS training dataset."),

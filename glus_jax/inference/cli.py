@@ -44,6 +44,11 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--key-frame", default=None, help="frame name to propagate from (both ways)")
     p.add_argument("--key-frames", default=None, help='score json {"<video>_<exp_id>": "<frame number>"}')
+    p.add_argument(
+        "--self-refine",
+        action="store_true",
+        help="choose each expression's key frame from GLUS's own first run, then propagate from it both ways",
+    )
     p.add_argument("--save-logits", action="store_true", help="also write logits.npz at the original size")
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 per expression")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
@@ -72,6 +77,12 @@ def segment_main(args: argparse.Namespace) -> int:
     dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.precision]
     model, tokenizer, _ = load_model(args.model, dtype=dtype)
     pipe = GLUSPipeline(model, tokenizer, mem_stride=args.mem_stride)
+    if args.self_refine:
+        if args.key_frame or args.key_frames:
+            raise SystemExit("glus-jax segment: --self-refine chooses the key frames; drop --key-frame(s)")
+        from glus_jax.kfs.self_refine import SelfRefiningPipeline
+
+        pipe = SelfRefiningPipeline(pipe)
     scores = protocol.load_score_json(args.key_frames) if args.key_frames else None
     if args.dataset:
         jobs = runner.shard(runner.dataset_jobs(args.benchmark, args.dataset, args.split), jax.process_index(), jax.process_count())
