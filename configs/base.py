@@ -10,6 +10,13 @@ def base_config() -> ConfigDict:
         dict(
             preset="glus_s",
             init_from="",  # model directory (converted LISA-7B-v1 + sam2_hiera_large.pt) or ""
+            # Without init_from, `glus-jax train` converts these (see glus_jax/train/loop.py); without
+            # them either, a random `preset` with the tokenizer directory `tokenizer` (tests).
+            lisa_checkpoint="",  # LISA-7B-v1 HF directory (or hub id)
+            vision_tower="",  # openai/clip-vit-large-patch14 directory (or hub id)
+            sam2_checkpoint="",  # sam2_hiera_large.pt
+            sam2_config="hiera_l",  # SAM2 preset name or original yaml
+            tokenizer="",
             dtype="bfloat16",  # compute dtype; params stay float32
             remat=True,  # rematerialise LLM blocks in training
         )
@@ -49,10 +56,15 @@ def base_config() -> ConfigDict:
             lora_alpha=16,
             lora_dropout=0.05,
             lora_targets=("q_proj", "v_proj"),
+            # Parameters trained besides LoRA: paths containing one of these names (train_ds.py).
+            trainable=("lm_head", "embed_tokens", "sam_mask_decoder", "text_hidden_fcs", "mm_projector"),
+            grad_clip=1.0,  # DeepSpeed gradient_clipping
+            dropout=True,  # LoRA and memory-attention dropout (model.train())
+            async_checkpoints=True,
             mem_stride=1,
             seed=0,
             log_every=10,
-            ckpt_every=500,
+            ckpt_every=500,  # 0 = only at the end of a run
             keep_checkpoints=3,
         )
     )

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train-selector": ("glus_jax.kfs.cli:train_selector", "Train the key-frame selector on targets."),
     "evaluate": ("glus_jax.eval.cli", "Score predicted masks on a benchmark, or zip a server submission."),
     "generate-data": ("glus_jax.data.synthetic", "Write a synthetic RefVOS dataset (MeViS or Ref-YTVOS)."),
+    "train": ("glus_jax.train.cli", "Train GLUS from an experiment config (resumes from the workdir)."),
     "prepare-tfds": ("glus_jax.data.tfds_builder", "Build TFDS array_record files of a RefVOS training dataset."),
 }
 

@@ -1,0 +1,339 @@
+"""The GLUS training forward and its losses, on the static-shape batches of `glus_jax.data.pipeline`.
+
+Ports `GLUSForCausalLM.generate_masks` (GLUS `model/GLUS.py`, training branch) as `train_ds.py` runs it:
+
+1. LLM. Every conversation of a sample (one per expression, E rows, padded rows masked) goes through
+   LLaVA in one padded batch: CLIP -> 1x4 token pooling -> `mm_projector` for the sample's C+Q frames,
+   each row's `<image>` placeholders take the sample's frames in order (the reference's block repeat of
+   `images_clip`, quirk Q9), LLaMA with the reference's expanded attention mask. Full vocabulary logits
+   are never formed: the only positions any loss reads are the Q positions per row whose *next* token
+   is [SEG]. Their final-norm hidden states give (a) the CE logits (`specific_ce_loss`, Q9) and (b) the
+   [SEG] embeddings after `text_hidden_fcs` (quirk Q2: the state *before* [SEG]).
+2. SAM2. Per sample, its Q query frames go in order through the memory bank (`glus.frame_step`, stride
+   1, bank cleared at frame 0, memories detached as the reference's `.detach()` / `torch.no_grad()`) as a
+   `lax.scan`; all E expressions of a sample share the frame and each has its own bank. The decoder runs
+   in training mode (token 0, quirk Q5), prompted with the expression's [SEG] embedding of that frame.
+3. Losses. The low-res logits are upsampled to each sample's true frame size (bilinear,
+   align_corners=False, as `postprocess_masks(orig_hw=label.shape)`) inside the padded [Hm, Wm] canvas by
+   per-sample interpolation matrices built from the traced `orig_size`; padded pixels are masked. BCE,
+   dice and CE as `train.losses.glus_loss`; the [SEG] contrastive loss against the bank
+   (`train.contrastive`), MeViS samples only.
+
+Data parallelism as the reference does it. DeepSpeed computes the loss of each GPU's micro-batch (its
+`batch_size` samples: CE mean over that micro-batch's [SEG] positions, mask losses normalised by its mask
+count, its own contrastive bank) and averages the gradients over GPUs and accumulation steps. Here the
+global batch is cut into *groups* of `group_size` samples (= `train.batch_size`, the per-device batch);
+each group gets exactly that per-micro-batch loss and its own contrastive bank, and the total is the mean
+over groups. So the result does not depend on how the batch is laid out over devices or processes.
+
+Shapes: B samples, G = B / group_size groups, E expressions, C context / Q query frames, T tokens, T' the
+spliced length T + (F - 1)(C + Q), F tokens per image, D LLM width, V vocabulary, C_p prompt width,
+h x w low-res mask, Hm x Wm padded mask canvas, S SAM2 input size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from glus_jax.models import glus as glus_lib
+from glus_jax.models.glus import GLUS
+from glus_jax.train import contrastive as contrastive_lib
+from glus_jax.train import losses as losses_lib
+
+Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForwardOptions:
+    """What differs between the reference's training forward and an evaluation-like one.
+
+    mem_stride: GLUS trains with the default `mem_stride=1`.
+    lora_dropout / mem_attn_dropout: the stochastic ops of `model.train()` (LoRA dropout 0.05 on the
+      adapters' inputs; SAM2 memory-attention dropout 0.1). Both only act when a dropout key is given.
+      The oracle's training forward ran memory attention in eval mode (`memory_attention.eval()`), so
+      the golden test turns them off.
+    """
+
+    mem_stride: int = 1
+    lora_dropout: bool = True
+    mem_attn_dropout: bool = True
+
+
+class ForwardOutput(NamedTuple):
+    """The training forward of a batch (float32 except where noted)."""
+
+    seg_embeds: jax.Array  # [B, E, Q, C_p] text_hidden_fcs of the state before each [SEG] (Q2)
+    seg_found: jax.Array  # [B, E, Q] bool: the row has a q-th [SEG] (False on padded rows)
+    seg_positions: jax.Array  # [B, E, Q] int32 spliced position whose state / logits are used
+    ce_logits: jax.Array  # [B, E, Q, V] LM logits there (they predict [SEG])
+    low_res_logits: jax.Array  # [B, E, Q, h, w] mask decoder output (token 0), BLANK on padded rows
+
+
+# ------------------------------------------------------------------------------------------ LLM side
+
+
+def _seg_rows(input_ids: jax.Array, token_pos: jax.Array, seg_token_id: int, q: int):
+    """Per row [R, T]: the spliced positions (token_pos - 1) of the first q [SEG] tokens, and whether each
+    exists. The reference's seg_token_mask construction picks exactly these rows (Q2)."""
+    is_seg = input_ids == seg_token_id
+    idx = jax.vmap(lambda m: jnp.nonzero(m, size=q, fill_value=0)[0])(is_seg)  # [R, q]
+    found = jnp.arange(q)[None, :] < jnp.sum(is_seg, axis=1, keepdims=True)
+    pos = jnp.take_along_axis(token_pos, idx, axis=1) - 1
+    return jnp.where(found, pos, 0).astype(jnp.int32), found
+
+
+def llm_forward(
+    model: GLUS, batch: Batch, *, dropout_rng: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(seg_embeds [B, E, Q, C_p], ce_logits [B, E, Q, V], positions [B, E, Q], found [B, E, Q])."""
+    cfg = model.config
+    ids = batch["input_ids"]
+    b, e, t = ids.shape
+    clip = batch["clip_pixels"]  # [B, K, 224, 224, 3], K = C + Q
+    k = clip.shape[1]
+    q = cfg.question_frames
+    feats = model.llava.encode_images(clip.reshape(b * k, *clip.shape[2:]))
+    f = feats.shape[1]
+    feats = feats.reshape(b, k, f, feats.shape[-1])
+    # Row (b, e) takes sample b's frames in order: the reference's block repeat of images_clip.
+    row_feats = jnp.repeat(feats, e, axis=0)  # [B*E, K, F, D]
+    rows = ids.reshape(b * e, t)
+    spliced = model.llava.embed_multimodal(
+        rows,
+        row_feats,
+        max_len=t + (f - 1) * k,
+        attention_mask=batch["attention_mask"].reshape(b * e, t),
+    )
+    hidden, _ = model.llava.llm.model(
+        inputs_embeds=spliced.inputs_embeds,
+        attention_mask=spliced.attention_mask,
+        positions=spliced.positions,
+        dropout_rng=dropout_rng,
+    )
+    pos, found = _seg_rows(rows, spliced.token_pos, cfg.seg_token_id, q)
+    h = jnp.take_along_axis(hidden, pos[..., None], axis=1)  # [B*E, Q, D]
+    seg = model.text_hidden_fcs(h).astype(jnp.float32)
+    logits = model.llava.llm.logits(h)
+    found = found & batch["exp_valid"].reshape(b * e)[:, None]
+    return (
+        seg.reshape(b, e, q, -1),
+        logits.reshape(b, e, q, -1),
+        pos.reshape(b, e, q),
+        found.reshape(b, e, q),
+    )
+
+
+# ----------------------------------------------------------------------------------------- SAM2 side
+
+
+def sam_forward(
+    model: GLUS,
+    sam_pixels: jax.Array,
+    seg_embeds: jax.Array,
+    seg_ok: jax.Array,
+    *,
+    mem_stride: int = 1,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+    """Low-res mask logits [B, E, Q, h, w] of the query frames sam_pixels [B, Q, S, S, 3] prompted by
+    seg_embeds [B, E, Q, C_p]; seg_ok [B, E] (padded expressions: blank, no memory)."""
+    sam_graph, sam_state = nnx.split(model.visual_model)
+    cfg = model.config.sam2
+    _, e, q, _ = seg_embeds.shape
+
+    def one_sample(sam_state, pixels, text, ok, key):
+        bank = glus_lib.init_bank(cfg, e, mem_stride)
+
+        def frame(bank, xs):
+            px, t_emb, fid = xs
+            # Merged inside the scan body from fresh Variables (tree.map rebuilds them at this trace
+            # level): NNX modules and Variables must not be closed over by a scan.
+            sam = nnx.merge(sam_graph, jax.tree.map(lambda x: x, sam_state))
+            k = None if key is None else jax.random.fold_in(key, fid)
+            bank, out = glus_lib.frame_step(
+                sam, bank, px, t_emb, ok, fid,
+                stride=mem_stride, training=True, freeze_memory=True, dropout_rng=k,
+            )
+            return bank, out.low_res_logits
+
+        _, low = jax.lax.scan(frame, bank, (pixels, jnp.moveaxis(text, 1, 0), jnp.arange(q, dtype=jnp.int32)))
+        return jnp.moveaxis(low, 0, 1)  # [E, Q, h, w]
+
+    keys = None if dropout_rng is None else jax.random.split(dropout_rng, sam_pixels.shape[0])
+    return jax.vmap(one_sample, in_axes=(None, 0, 0, 0, None if keys is None else 0))(
+        sam_state, sam_pixels, seg_embeds, seg_ok, keys
+    )
+
+
+def forward(
+    model: GLUS,
+    batch: Batch,
+    *,
+    options: ForwardOptions = ForwardOptions(),
+    dropout_rng: jax.Array | None = None,
+) -> ForwardOutput:
+    """The GLUS training forward of one (micro-)batch (module docstring). `dropout_rng` None = no
+    dropout anywhere (deterministic, as the golden run)."""
+    lora_key = sam_key = None
+    if dropout_rng is not None:
+        lora_key, sam_key = jax.random.split(dropout_rng)
+        lora_key = lora_key if options.lora_dropout else None
+        sam_key = sam_key if options.mem_attn_dropout else None
+    seg, logits, pos, found = llm_forward(model, batch, dropout_rng=lora_key)
+    low = sam_forward(
+        model,
+        batch["sam_pixels"],
+        seg,
+        batch["exp_valid"].astype(bool),
+        mem_stride=options.mem_stride,
+        dropout_rng=sam_key,
+    )
+    return ForwardOutput(seg, found, pos, logits, low)
+
+
+# -------------------------------------------------------------------------------------------- losses
+
+
+def bilinear_matrix(out_size: jax.Array, in_size: int, max_size: int) -> jax.Array:
+    """[max_size, in_size] float32: rows < out_size are `F.interpolate(bilinear, align_corners=False)`
+    from in_size to the (traced) out_size, in PyTorch's float32 arithmetic; rows beyond are zero."""
+    f32 = jnp.float32
+    dst = jnp.arange(max_size, dtype=f32)
+    scale = f32(in_size) / jnp.asarray(out_size).astype(f32)
+    src = jnp.maximum(scale * (dst + f32(0.5)) - f32(0.5), f32(0.0))
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), in_size - 1)
+    i1 = jnp.minimum(i0 + 1, in_size - 1)
+    l1 = src - i0.astype(f32)
+    cols = jnp.arange(in_size)
+    w = (1.0 - l1)[:, None] * (cols[None, :] == i0[:, None]) + l1[:, None] * (cols[None, :] == i1[:, None])
+    return jnp.where(dst[:, None] < out_size, w, 0.0).astype(f32)
+
+
+def upsample_to_canvas(
+    low_res: jax.Array, orig_size: jax.Array, canvas: tuple[int, int]
+) -> tuple[jax.Array, jax.Array]:
+    """low_res [B, ..., h, w] -> (logits [B, ..., Hm, Wm] at each sample's true size orig_size [B, 2] in the
+    top-left corner, pixel_valid [B, Hm, Wm])."""
+    h, w = low_res.shape[-2:]
+    hm, wm = canvas
+    my = jax.vmap(lambda s: bilinear_matrix(s, h, hm))(orig_size[:, 0])  # [B, Hm, h]
+    mx = jax.vmap(lambda s: bilinear_matrix(s, w, wm))(orig_size[:, 1])  # [B, Wm, w]
+    x = low_res.astype(jnp.float32)
+    hi = jax.lax.Precision.HIGHEST  # exact resampling also where float32 matmuls default to bf16 passes
+    x = jnp.einsum("b...hw,bWw->b...hW", x, mx, precision=hi)
+    x = jnp.einsum("b...hW,bHh->b...HW", x, my, precision=hi)
+    valid = (jnp.arange(hm)[None, :, None] < orig_size[:, 0, None, None]) & (
+        jnp.arange(wm)[None, None, :] < orig_size[:, 1, None, None]
+    )
+    return x, valid
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LossOptions:
+    """train.* settings of the loss (defaults: train_ds.py / GLUS-S)."""
+
+    weights: losses_lib.LossWeights = losses_lib.LossWeights()
+    contrastive: bool = True
+    contrastive_weight: float = contrastive_lib.WEIGHT
+    contrastive_tau: float = contrastive_lib.TAU
+    num_negatives: int = contrastive_lib.NUM_NEGATIVES
+    # Datasets (by batch `dataset_id`) whose [SEG] embeddings enter the contrastive bank: the reference
+    # banks and queries MeViS only.
+    contrastive_datasets: tuple[bool, ...] = (True,)
+
+
+def group_losses(
+    out: ForwardOutput,
+    batch: Batch,
+    bank: contrastive_lib.SegTokenBank,
+    rng: jax.Array,
+    *,
+    seg_token_id: int,
+    options: LossOptions = LossOptions(),
+) -> tuple[jax.Array, dict[str, jax.Array], contrastive_lib.SegTokenBank]:
+    """The reference's loss of one micro-batch (one group: all B samples of `out` / `batch`) and its
+    contrastive bank after this batch. Returns (loss, metrics, bank)."""
+    b, e, q = out.seg_found.shape
+    canvas = batch["gt_masks"].shape[-2:]
+    pred, pixel_valid = upsample_to_canvas(out.low_res_logits, batch["orig_size"], canvas)
+    exp_valid = batch["exp_valid"].astype(bool)
+    contrastive = applied = None
+    if options.contrastive:
+        banked = jnp.asarray(options.contrastive_datasets, bool)[batch["dataset_id"]]  # [B]
+        valid = (out.seg_found & exp_valid[:, :, None] & banked[:, None, None]).reshape(-1)
+        # Order of the reference's appends and queries: sample, expression, frame.
+        bank, contrastive, applied = contrastive_lib.update_and_loss(
+            bank,
+            out.seg_embeds.reshape(b * e * q, -1),
+            batch["seg_keys"].reshape(b * e * q, -1),
+            valid,
+            rng,
+            tau=options.contrastive_tau,
+            weight=options.contrastive_weight,
+            num_negatives=options.num_negatives,
+        )
+    loss, metrics = losses_lib.glus_loss(
+        ce_logits=out.ce_logits,
+        ce_targets=jnp.full(out.seg_found.shape, seg_token_id, jnp.int32),
+        ce_weights=out.seg_found,
+        pred_masks=pred,
+        gt_masks=batch["gt_masks"],
+        exp_valid=exp_valid,
+        pixel_valid=pixel_valid,
+        contrastive_loss=contrastive,
+        contrastive_applied=applied,
+        weights=options.weights,
+    )
+    return loss, metrics, bank
+
+
+def split_groups(tree, num_groups: int):
+    """Leading batch axis B -> [G, B / G] on every leaf."""
+
+    def one(x):
+        if x.shape[0] % num_groups:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {num_groups} groups")
+        return x.reshape(num_groups, x.shape[0] // num_groups, *x.shape[1:])
+
+    return jax.tree.map(one, tree)
+
+
+def forward_and_loss(
+    model: GLUS,
+    batch: Batch,
+    banks: contrastive_lib.SegTokenBank,
+    rng: jax.Array,
+    *,
+    forward_options: ForwardOptions = ForwardOptions(),
+    loss_options: LossOptions = LossOptions(),
+    dropout: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array], contrastive_lib.SegTokenBank, ForwardOutput]:
+    """The training forward of one micro-batch and the mean over groups of the per-group loss (module
+    docstring). banks: the contrastive banks, leading axis G (the number of groups); rng: this
+    micro-batch's key (dropout when `dropout`, contrastive draws).
+    Returns (loss, metrics averaged over groups, new banks, forward output)."""
+    num_groups = banks.ptr.shape[0]
+    k_drop, k_con = jax.random.split(rng)
+    out = forward(model, batch, options=forward_options, dropout_rng=k_drop if dropout else None)
+    per_group = jax.vmap(
+        lambda o, bt, bank, key: group_losses(
+            o, bt, bank, key, seg_token_id=model.config.seg_token_id, options=loss_options
+        )
+    )
+    keys = jax.random.split(k_con, num_groups)
+    groups_out, groups_batch = split_groups(out, num_groups), split_groups(dict(batch), num_groups)
+    loss, metrics, banks = per_group(groups_out, groups_batch, banks, keys)
+    metrics = {k: jnp.mean(v.astype(jnp.float32)) for k, v in metrics.items()}
+    return jnp.mean(loss), metrics, banks, out
+
+
+def batch_loss(model: GLUS, batch: Batch, banks: contrastive_lib.SegTokenBank, rng: jax.Array, **kwargs):
+    """`forward_and_loss` shaped for `jax.value_and_grad(has_aux=True)`: (loss, (metrics, banks))."""
+    loss, metrics, banks, _ = forward_and_loss(model, batch, banks, rng, **kwargs)
+    return loss, (metrics, banks)
