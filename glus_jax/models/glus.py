@@ -29,7 +29,7 @@ from glus_jax.models.sam2 import memory_bank as mb
 from glus_jax.models.sam2 import memory_encoder as mem_enc_lib
 from glus_jax.models.sam2 import transforms as sam_transforms
 from glus_jax.models.sam2.config import SAM2Config
-from glus_jax.models.sam2.sam2 import SAM2Model
+from glus_jax.models.sam2.sam2 import SAM2ImageFeatures, SAM2Model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -142,10 +142,38 @@ def frame_step(
     frame_id: position of the frame in the clip (bank cleared at 0; memory selection by stride).
     bank: batch shape (E,) per slot entry, i.e. features [slots, E, HW, C_mem].
     """
-    cfg = sam.cfg
     feats = sam.encode_image(pixels[None])
     if freeze_memory:  # GLUS runs the image encoder and memory under no_grad
         feats = jax.tree.map(jax.lax.stop_gradient, feats)
+    return frame_step_features(
+        sam, bank, feats, text_embeds, seg_ok, frame_id, stride=stride, training=training,
+        freeze_memory=freeze_memory, dropout_rng=dropout_rng,
+    )
+
+
+def frame_step_features(
+    sam: SAM2Model,
+    bank: mb.MemoryBank,
+    feats: SAM2ImageFeatures,
+    text_embeds: jax.Array,
+    seg_ok: jax.Array,
+    frame_id: jax.Array,
+    *,
+    stride: int | jax.Array,
+    training: bool = False,
+    freeze_memory: bool = True,
+    dropout_rng: jax.Array | None = None,
+    compact_memory: bool = False,
+) -> tuple[mb.MemoryBank, FrameOutput]:
+    """`frame_step` on the frame's image features (`sam.encode_image` of one frame, batch 1), for a
+    caller that runs the image trunk separately (inference batches it over a chunk of frames).
+
+    compact_memory: attend only to the memory frames present, as the reference does (`lax.switch`
+    over the count, one compiled branch per count), instead of to every slot of the padded bank
+    with the absent ones masked. Same result; up to num_maskmem times less memory-attention work on
+    the first frames of a clip. For a scan over frames (inference): under `vmap` a switch runs every
+    branch."""
+    cfg = sam.cfg
     bank = jax.lax.cond(frame_id == 0, mb.clear, lambda b: b, bank)
     e = text_embeds.shape[0]
     _, h, w, c = feats.vision_features.shape
@@ -154,21 +182,27 @@ def frame_step(
 
     # Memory attention per expression over its own padded bank; an expression with no usable
     # memory gets `+ no_mem_embed` instead (computed for all, selected per expression).
-    selected = jax.vmap(lambda b: mb.gather(b, frame_id, cfg.num_maskmem, stride), )(
-        _bank_per_expression(bank)
-    )
-    attended = sam.memory_attention(
-        curr,
-        selected.memory[:, 0],
-        curr_pos,
-        selected.memory_pos[:, 0],
-        memory_mask=selected.mask,
-        feat_size=(h, w),
-        dropout_rng=dropout_rng,
-    )
+    selected = jax.vmap(lambda b: mb.gather(b, frame_id, cfg.num_maskmem, stride))(_bank_per_expression(bank))
     has_memory = jnp.any(selected.present, axis=-1)
+    if compact_memory:
+        attended = _attend_compact(sam, curr, curr_pos, selected, (h, w), dropout_rng)
+    else:
+        def attend(sam, curr, curr_pos, selected):
+            return sam.memory_attention(
+                curr,
+                selected.memory[:, 0],
+                curr_pos,
+                selected.memory_pos[:, 0],
+                memory_mask=selected.mask,
+                feat_size=(h, w),
+                dropout_rng=dropout_rng,
+            ).astype(curr.dtype)
+
+        # Skipped when no expression has memory (the first frame of a clip). nnx.cond: the module
+        # is an operand (modules may not be closed over inside jit / scan bodies).
+        attended = nnx.cond(jnp.any(has_memory), attend, lambda sam, curr, *_: curr, sam, curr, curr_pos, selected)
     no_mem = curr + sam.no_mem_embed[...].reshape(-1).astype(curr.dtype)
-    image_embed = jnp.where(has_memory[:, None, None], attended.astype(curr.dtype), no_mem).reshape(e, h, w, c)
+    image_embed = jnp.where(has_memory[:, None, None], attended, no_mem).reshape(e, h, w, c)
     if freeze_memory:
         image_embed = jax.lax.stop_gradient(image_embed)
 
@@ -189,6 +223,43 @@ def frame_step(
     new_bank = _insert_where(bank, frame_id, mem_feats, mem_pos, seg_ok)
     low = jnp.where(seg_ok[:, None, None], low, BLANK_LOGIT)
     return new_bank, FrameOutput(low, out.iou_pred[:, 0], out.object_score_logits[:, 0])
+
+
+def _attend_compact(sam: SAM2Model, curr, curr_pos, selected: mb.SelectedMemory, feat_size, dropout_rng):
+    """Memory attention over the present memory frames only: they are moved to the front (keeping
+    their oldest-first order, the reference's concatenation order), and branch n of a switch attends
+    to the first n frames (n = the most any expression has; an expression with fewer keeps its
+    extra frames masked). Branch 0 (no memory anywhere) returns `curr` unchanged."""
+    e, hw, _ = curr.shape
+    k = selected.present.shape[-1]
+    cm = selected.memory.shape[-1]
+    order = jnp.argsort(~selected.present, axis=-1, stable=True)  # [E, K]: present frames first
+    valid = jnp.take_along_axis(selected.present, order, axis=-1)
+
+    def frames(x):  # [E, 1, K*HW, Cm] -> [E, K, HW, Cm], present frames first
+        return jnp.take_along_axis(x[:, 0].reshape(e, k, hw, cm), order[:, :, None, None], axis=1)
+
+    memory, memory_pos = frames(selected.memory), frames(selected.memory_pos)
+
+    def branch(n):
+        def attend(sam, curr, curr_pos, memory, memory_pos, valid):
+            if n == 0:
+                return curr
+            mask = None if e == 1 else jnp.repeat(valid[:, :n], hw, axis=1)  # one expression: all valid
+            return sam.memory_attention(
+                curr,
+                memory[:, :n].reshape(e, n * hw, cm),
+                curr_pos,
+                memory_pos[:, :n].reshape(e, n * hw, cm),
+                memory_mask=mask,
+                feat_size=feat_size,
+                dropout_rng=dropout_rng,
+            ).astype(curr.dtype)
+
+        return attend
+
+    count = jnp.max(jnp.sum(selected.present, axis=-1))
+    return nnx.switch(count, [branch(n) for n in range(k + 1)], sam, curr, curr_pos, memory, memory_pos, valid)
 
 
 def _bank_per_expression(bank: mb.MemoryBank) -> mb.MemoryBank:
