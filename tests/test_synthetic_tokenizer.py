@@ -66,6 +66,7 @@ def test_added_token_ids_follow_the_sp_vocabulary(tok):
     for t in ("[SEG]", "<im_start>", "<im_end>", "<image>"):
         assert tok.sp.piece_to_id(t) == tok.unk_id
     assert tok.tokenize_ids("is [SEG].") == [tok.token_to_id("▁is"), n, tok.token_to_id("▁.")]
+    assert "▁" not in [tok.id_to_token(i) for i in tok.tokenize_ids(conv.INFERENCE_ANSWER_PREFIX)]
 
 
 def test_every_world_and_template_word_is_one_piece(tok):
@@ -82,7 +83,9 @@ def test_inference_prompts_have_no_unk_and_round_trip(tok, expressions):
             ids = tok.tokenizer_image_token(conv.inference_prompt(e, rounds))
             _no_unk(tok, ids, f"inference prompt of {e!r}")
             assert ids.count(IMAGE_TOKEN_INDEX) == conv.CONTEXT_FRAME_NUM + rounds
-            assert ids[-1] == tok.token_to_id("▁")  # the answer prefix's trailing space, as with LLaMA
+            # The answer prefix's trailing space is dropped: the prompt ends with the token that precedes
+            # [SEG] in training ("... result is [SEG]."), not with LLaMA's lone "▁" (module docstring).
+            assert ids[-1] == tok.token_to_id("▁is")
         # The history text inference derives from the prompt + [SEG] (answer_from_output).
         ids = tok.tokenizer_image_token(conv.inference_prompt(e, 2)) + [tok.seg_token_id]
         assert conv.answer_from_output(tok, ids) == conv.INFERENCE_PAST_ANSWER
@@ -99,8 +102,10 @@ def test_training_conversations_have_no_unk_and_label_the_answers(tok, expressio
         _no_unk(tok, [i for i in ids if i >= 0], f"training conversation of {e!r}")
         labelled = [i for i, lab in zip(ids, labels) if lab != conv.IGNORE_INDEX]
         answers = [conv.ANSWER_LIST[a] for a in a_ids[0]]
-        # The labelled tokens are the answers, each followed by </s> (decoded with LLaMA's spacing).
-        want = [i for a in answers for i in tok.tokenize_ids(a) + [tok.eos_id]]
+        # The labelled tokens are the answers, each followed by </s>, and (without LLaMA's lone "▁" after
+        # "ASSISTANT:", which the reference's arithmetic subtracts) preceded by the ":".
+        colon = tok.token_to_id(":")
+        want = [i for a in answers for i in [colon, *tok.tokenize_ids(a), tok.eos_id]]
         assert labelled == want, (tok.decode(labelled), answers)
         assert labelled.count(tok.seg_token_id) == conv.CONTEXT_FRAME_NUM
 

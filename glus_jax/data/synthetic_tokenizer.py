@@ -2,12 +2,20 @@
 
 The LLaMA tokenizer (32000 pieces) cannot reach the development machines and would dwarf a tiny model, so
 the synthetic world (`glus_jax.data.synthetic`) gets its own sentencepiece model, built like LLaMA's: BPE
-with byte fallback (no text ever maps to `<unk>`), identity normalisation, no whitespace collapsing (a
-trailing space becomes a lone `▁` piece, which the reference's label arithmetic counts on), `<unk>`,
-`<s>`, `</s>` = 0, 1, 2. It is trained in memory, single-threaded, on a fixed corpus: the generator's
-vocabulary (`synthetic.VOCABULARY`) and every GLUS prompt and answer text (`conversation.SYSTEM`,
-`CONTEXT_INFO_LIST`, `SHORT_QUESTION_LIST`, `ANSWER_LIST`, the inference answers, the role names), so
-each of those words is one piece and the result is byte-identical run to run.
+with byte fallback (no text ever maps to `<unk>`), identity normalisation, `<unk>`, `<s>`, `</s>` = 0, 1,
+2. It is trained in memory, single-threaded, on a fixed corpus: the generator's vocabulary
+(`synthetic.VOCABULARY`) and every GLUS prompt and answer text (`conversation.SYSTEM`, `CONTEXT_INFO_LIST`,
+`SHORT_QUESTION_LIST`, `ANSWER_LIST`, the inference answers, the role names), so each of those words is
+one piece and the result is byte-identical run to run.
+
+One deliberate difference from LLaMA: leading, trailing and repeated whitespace is dropped
+(`remove_extra_whitespaces`). The inference prompt ends with the answer prefix "... result is " and
+GLUS takes the [SEG] embedding from the state of its last token; LLaMA turns that trailing space into a
+lone `▁` piece, which training conversations ("... result is [SEG].") never contain before [SEG]. A
+pretrained LLaMA copes; a model learnt from scratch would read an untrained embedding exactly where its
+[SEG] state is formed. Here the prompt ends with `▁is`, the token that precedes [SEG] in training. (The
+reference's label arithmetic in `conversation.training_targets`, which subtracts that lone `▁`, then
+also labels the ":" of "ASSISTANT:"; the train step reads the CE only at the [SEG] positions.)
 
 `GLUSTokenizer` wraps it exactly as it wraps LLaMA's: `[SEG]`, `<im_start>`, `<im_end>` are appended after
 the `SP_VOCAB_SIZE` pieces (ids `SEG_TOKEN_ID`, +1, +2; `VOCAB_SIZE` in all, the LLM's vocabulary).
@@ -87,7 +95,7 @@ def train_sp_model(vocab_size: int = SP_VOCAB_SIZE) -> bytes:
         byte_fallback=True,
         split_digits=True,
         normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
+        remove_extra_whitespaces=True,
         add_dummy_prefix=True,
         unk_id=0,
         bos_id=1,
