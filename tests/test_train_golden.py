@@ -39,7 +39,8 @@ def golden():
 
 def _frames():
     folder = GOLDEN / "data_video" / "mevis" / "train" / "JPEGImages" / "v0"
-    return np.stack([cv2.cvtColor(cv2.imread(str(folder / f"{i:05d}.jpg")), cv2.COLOR_BGR2RGB) for i in range(10)])
+    decode = [cv2.imread(str(folder / f"{i:05d}.jpg")) for i in range(10)]
+    return np.stack([cv2.cvtColor(x, cv2.COLOR_BGR2RGB) for x in decode])
 
 
 def _batch(golden):

@@ -69,7 +69,8 @@ def test_steps_on_a_fixed_batch_lower_the_loss_and_train_only_trainables(setup_a
     lora = params1[f"{llm}/q_proj/lora_a"] @ params1[f"{llm}/q_proj/lora_b"] * 2.0  # alpha / r = 16 / 8
     np.testing.assert_allclose(np.asarray(model.llava.llm.model.layers.self_attn.q_proj.kernel[...]),
                                frozen0[f"{llm}/q_proj/kernel"] + lora, atol=1e-6, rtol=0)
-    np.testing.assert_array_equal(np.asarray(model.llava.llm.lm_head.kernel[...]), params1["llava/llm/lm_head/kernel"])
+    lm_head = np.asarray(model.llava.llm.lm_head.kernel[...])
+    np.testing.assert_array_equal(lm_head, params1["llava/llm/lm_head/kernel"])
     # conv_s0 / conv_s1 belong to the mask decoder but run in forward_image under torch.no_grad in GLUS:
     # no gradient, so AdamW leaves them exactly as they were.
     for k in params0:

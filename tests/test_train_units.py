@@ -35,12 +35,13 @@ def test_lr_schedule_is_deepspeed_warmup_decay(warmup, total):
     for k in sorted({0, 1, 2, warmup - 1, warmup, warmup + 1, total // 2, total - 1, total, total + 7}):
         if k < 0:
             continue
-        np.testing.assert_allclose(float(sched(k)), _deepspeed_warmup_decay(k, 3e-4, warmup, total), rtol=1e-6, atol=1e-12)
+        want = _deepspeed_warmup_decay(k, 3e-4, warmup, total)
+        np.testing.assert_allclose(float(sched(k)), want, rtol=1e-6, atol=1e-12)
     assert float(sched(0)) == 0.0  # the first update of a run has lr 0, as in the reference
 
 
 def test_optimizer_is_adamw_with_clipping():
-    """One update by hand: clip to global norm 1, AdamW(0.9, 0.95, eps 1e-8, no decay) at the schedule's lr."""
+    """One update by hand: clip to global norm 1, AdamW(0.9, 0.95, eps 1e-8, no decay), the schedule's lr."""
     cfg = opt_lib.OptimizerConfig(lr=1e-2, warmup_steps=2, total_steps=10)
     tx = opt_lib.make_optimizer(cfg)
     p = {"w": jnp.asarray([1.0, -2.0, 3.0])}
@@ -53,7 +54,8 @@ def test_optimizer_is_adamw_with_clipping():
         v = (1 - 0.95) * gc**2 * sum(0.95**i for i in range(k + 1))
         mh, vh = m / (1 - 0.9 ** (k + 1)), v / (1 - 0.95 ** (k + 1))
         lr = _deepspeed_warmup_decay(k, 1e-2, 2, 10)
-        np.testing.assert_allclose(np.asarray(upd["w"]), -lr * mh / (np.sqrt(vh) + 1e-8), rtol=1e-5, atol=1e-12)
+        want = -lr * mh / (np.sqrt(vh) + 1e-8)
+        np.testing.assert_allclose(np.asarray(upd["w"]), want, rtol=1e-5, atol=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,8 @@ def test_trainable_parameters_are_the_references(lora_model):
     assert {"llava/llm/lm_head/kernel", "llava/llm/model/embed_tokens", "llava/mm_projector/fc1/kernel",
             "text_hidden_fcs/fc2/bias"} <= train
     for prefix, trained in [("visual_model/sam_mask_decoder/", True), ("visual_model/image_encoder/", False),
-                            ("visual_model/memory_attention/", False), ("visual_model/memory_encoder/", False),
+                            ("visual_model/memory_attention/", False),
+                            ("visual_model/memory_encoder/", False),
                             ("visual_model/sam_prompt_encoder/", False), ("llava/vision_tower/", False)]:
         assert any(p.startswith(prefix) for p in (train if trained else fixed)), prefix
         assert not any(p.startswith(prefix) for p in (fixed if trained else train)), prefix
@@ -152,7 +155,8 @@ def test_cli_registers_train():
     assert cli.SUBCOMMANDS["train"][0] == "glus_jax.train.cli"
     p = argparse.ArgumentParser()
     train_cli.add_arguments(p)
-    args, unknown = p.parse_known_args(["--config", "configs/tiny.py", "--workdir", "w", "--config.train.steps=3"])
+    argv = ["--config", "configs/tiny.py", "--workdir", "w", "--config.train.steps=3"]
+    args, unknown = p.parse_known_args(argv)
     assert args._accepts_unknown and unknown == ["--config.train.steps=3"]
 
 
@@ -182,10 +186,12 @@ def test_init_by_converting_lisa_clip_and_official_sam2(tmp_path):
     assert model.config.sam2.image_size == train_world.IMAGE_SIZE and model.config.llava.llama.lora_rank == 8
 
     ref, _, _ = train_world.convert_glus_tiny(tmp_path / "ref", load_fuser_gamma=True)
-    np.testing.assert_array_equal(np.asarray(model.llava.llm.lm_head.kernel[...]), np.asarray(ref.llava.llm.lm_head.kernel[...]))
+    np.testing.assert_array_equal(np.asarray(model.llava.llm.lm_head.kernel[...]),
+                                  np.asarray(ref.llava.llm.lm_head.kernel[...]))
     got_sam = dict(nnx.to_flat_state(nnx.state(model.visual_model)))
     for path, var in nnx.to_flat_state(nnx.state(ref.visual_model)):
-        np.testing.assert_array_equal(np.asarray(got_sam[path].get_value()), np.asarray(var.get_value()), err_msg=str(path))
+        np.testing.assert_array_equal(np.asarray(got_sam[path].get_value()), np.asarray(var.get_value()),
+                                      err_msg=str(path))
     gamma = np.asarray(model.visual_model.memory_encoder.fuser.layers.gamma[...])  # stacked CXBlocks [2, C]
     np.testing.assert_array_equal(gamma[0], sam_sd["memory_encoder.fuser.layers.0.gamma"])  # not Q1's 1e-6
     fc1 = np.asarray(model.text_hidden_fcs.fc1.kernel[...])

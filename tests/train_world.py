@@ -24,7 +24,8 @@ if str(ROOT) not in sys.path:
 
 from tests.golden_model import GOLDEN, convert_glus_tiny  # noqa: E402
 
-GOLDEN_DATA = GOLDEN / "data_video"  # MeViS layout: mevis/train/{JPEGImages, meta_expressions.json, mask_dict.json}
+# MeViS layout: mevis/train/{JPEGImages, meta_expressions.json, mask_dict.json}
+GOLDEN_DATA = GOLDEN / "data_video"
 IMAGE_SIZE = 64
 
 
@@ -170,7 +171,9 @@ def sharded_child(spec: dict) -> None:
         tx, schedule = opt_lib.make_optimizer(opt_cfg), opt_lib.lr_schedule(opt_cfg)
         graphdef, state, sh = state_lib.create_train_state(
             model, tx, num_groups=num_groups, bank_size=int(cfg.train.bank_size), seed=0, mesh=mesh)
-        step = step_lib.make_train_step(graphdef, tx, schedule, loop.step_config(cfg), mesh=mesh, state_shardings=sh)
+        step = step_lib.make_train_step(
+            graphdef, tx, schedule, loop.step_config(cfg), mesh=mesh, state_shardings=sh
+        )
         for i, b in enumerate(batches):
             gb = loop.global_batch(b, mesh, sharding_lib.DEFAULT_RULES)
             state, metrics = step(state, gb)

@@ -71,8 +71,8 @@ def create_train_state(
     def make(params):
         return tx.init(params), init_banks(num_groups, dim, bank_size)
 
-    out_sh = None if shardings is None else (shardings.opt_state, shardings.banks)
-    opt_state, banks = jax.jit(make, out_shardings=out_sh)(params)
+    jit_kw = {} if shardings is None else {"out_shardings": (shardings.opt_state, shardings.banks)}
+    opt_state, banks = jax.jit(make, **jit_kw)(params)
     state = proto.replace(opt_state=opt_state, banks=banks)
     if shardings is not None:
         state = state.replace(
