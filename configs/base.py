@@ -30,7 +30,14 @@ def base_config() -> ConfigDict:
             question_frames=4,
             max_expressions=3,  # --num_classes_per_sample
             max_seq_len=512,  # --model_max_length
-            num_workers=4,
+            image_size=1024,  # SAM2 input size S (train_ds.py); also sets the trained model's SAM2 size
+            clip_image_size=224,  # CLIP input size (openai/clip-vit-large-patch14 CLIPImageProcessor)
+            max_mask_size=(1280, 1280),  # (H, W) padded GT canvas: must hold the largest frame of the data
+            num_workers=4,  # grain worker processes decoding batches (0 = in the training process)
+            num_threads=1,  # threads per process building batches in parallel
+            prefetch=2,  # batches buffered per process
+            source="files",  # "files": the released layout under `root`; "tfds": builds under `tfds_dir`
+            tfds_dir="",  # `glus-jax prepare-tfds` output directory (data.source = "tfds")
             seed=0,
         )
     )
@@ -62,6 +69,7 @@ def base_config() -> ConfigDict:
             dropout=True,  # LoRA and memory-attention dropout (model.train())
             async_checkpoints=True,
             mem_stride=1,
+            image_grad=False,  # gradients into SAM2's image encoder and memory path (GLUS: no_grad)
             seed=0,
             log_every=10,
             ckpt_every=500,  # 0 = only at the end of a run
@@ -70,5 +78,6 @@ def base_config() -> ConfigDict:
     )
     c.inference = ConfigDict(dict(context_frames=4, question_frames=4, mem_stride=3))
     # Mesh over (data, fsdp, tensor); -1 fills with the remaining devices.
-    c.mesh = ConfigDict(dict(shape=(1, -1, 1)))
+    # rules: ((logical axis, mesh axes), ...) replacing glus_jax.sharding.DEFAULT_RULES; () = the defaults.
+    c.mesh = ConfigDict(dict(shape=(1, -1, 1), rules=()))
     return c

@@ -58,8 +58,11 @@ def save_model_dir(
     *,
     tokenizer_dir: str | Path | None = None,
     extra_files: Mapping[str, str | bytes] | None = None,
+    local: bool = False,
 ) -> Path:
-    """Atomically (re)write the model directory `path`."""
+    """Atomically (re)write the model directory `path`. `local`: this process alone writes (host
+    arrays), without barriers with the other JAX processes (process 0 exporting after a multi-process
+    run, while the others wait)."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed earlier save
@@ -70,7 +73,7 @@ def save_model_dir(
         (tmp / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
         plain = _plain(params)
         (tmp / "params_index.json").write_text(json.dumps(param_index(plain), indent=1))
-        with ocp.StandardCheckpointer() as ckptr:
+        with _checkpointer(local) as ckptr:
             ckptr.save(tmp / "params", plain)
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
@@ -136,7 +139,7 @@ def check_params_match(path: str | Path, expected: Mapping[str, tuple[tuple[int,
 
 def _checkpointer(local: bool) -> ocp.StandardCheckpointer:
     if local and jax.process_count() > 1:
-        # This process alone reads the directory: no barriers with the other processes.
+        # This process alone reads / writes the directory: no barriers with the other processes.
         me = jax.process_index()
         opts = ocp.options.MultiprocessingOptions(
             primary_host=None, active_processes={me}, barrier_sync_key_prefix=f"local{me}"

@@ -3,8 +3,10 @@ together with `train.loop.train`: mesh fsdp = 2, one sample per process and micr
 Each process reads its own data shard (process p gets global samples 2k + p), the two shards together are
 exactly the batches a single process with 2 devices reads, both processes end with the same parameters,
 and those equal the single-process run's (same criterion as test_train_sharded: entries within 1e-5 except
-<= 0.01% float-noise entries within 2 lr). The run checkpoints (orbax, per-process grain state); a single
-process then exports the LoRA-merged model directory from the 2-process checkpoint.
+<= 0.01% float-noise entries within 2 lr). The run checkpoints (orbax, per-process grain state) and at
+the end exports the LoRA-merged model directory: gathered to process 0, written by it alone (one directory,
+nothing temporary left), loadable, LoRA merged from the final adapters. A single process then exports it
+again from the 2-process checkpoint (`--export-only`): the same parameters.
 
 Slow (three child processes, two compiling in parallel): 2-4 minutes here.
 """
@@ -84,7 +86,7 @@ def test_two_processes_train_together_on_disjoint_shards(tmp_path):
     assert int(p0["step"]) == int(want["step"]) == 3
     lr, total, loose = 1e-3, 0, 0
     for k in want.files:
-        if k in ("step", "resumed_from"):
+        if k in ("step", "resumed_from", "export_dir"):
             continue
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
         diff = np.abs(p0[k].astype(np.float64) - want[k])
@@ -100,19 +102,31 @@ def test_two_processes_train_together_on_disjoint_shards(tmp_path):
     assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "3"]
     assert sorted(p.name for p in (ckpt / "3" / "data").glob("process_*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
-    # The merged model of a multi-process run is exported afterwards from one process (--export-only).
-    assert not (tmp_path / "work_multi" / "model").exists()
-    export = {"mode": "export", "model_dir": model_dir, "workdir": str(tmp_path / "work_multi"),
-              "overrides": OVERRIDES}
-    (tmp_path / "export.json").write_text(json.dumps(export))
-    _run([tmp_path / "export.json"], [train_world.child_env(devices=1)], train_world.ROOT)
     from glus_jax.models.io import load_model
 
-    model, _, stored = load_model(tmp_path / "work_multi" / "model")
+    # Exported at the end of the run by process 0 alone, the other waiting: one model directory and no
+    # temporary or replaced one beside it; both processes return its path.
+    work = tmp_path / "work_multi"
+    assert sorted(p.name for p in work.iterdir() if "model" in p.name) == ["model"]
+    assert str(p0["export_dir"]) == str(p1["export_dir"]) == str((work / "model").absolute())
+    model, _, stored = load_model(work / "model")
     assert stored["source"]["trained_steps"] == 3 and model.config.llava.llama.lora_rank == 0
-    # Merged LoRA: W + A B * alpha / r of the trained adapters (process 0's final state).
+    # Merged LoRA: W + A B * alpha / r of the trained adapters (the final state, gathered).
     pre = "params/llava/llm/model/layers/self_attn/q_proj"
     base = np.asarray(train_world.load_base_kernel(model_dir, "q_proj"))
     delta = p0[f"{pre}/lora_a/value"] @ p0[f"{pre}/lora_b/value"] * 2.0
     merged = np.asarray(model.llava.llm.model.layers.self_attn.q_proj.kernel[...])
     np.testing.assert_allclose(merged, base + delta, atol=1e-6, rtol=0)
+    lm_head = np.asarray(model.llava.llm.lm_head.kernel[...])
+    np.testing.assert_array_equal(lm_head, p0["params/llava/llm/lm_head/kernel/value"])
+
+    # --export-only from the 2-process checkpoint in one process rewrites it with the same parameters.
+    export = {"mode": "export", "model_dir": model_dir, "workdir": str(work), "overrides": OVERRIDES}
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    _run([tmp_path / "export.json"], [train_world.child_env(devices=1)], train_world.ROOT)
+    again, _, stored = load_model(work / "model")
+    assert stored["source"]["checkpoint_step"] == 3
+    assert sorted(p.name for p in work.iterdir() if "model" in p.name) == ["model"]
+    again_q = np.asarray(again.llava.llm.model.layers.self_attn.q_proj.kernel[...])
+    np.testing.assert_array_equal(again_q, merged)
+    np.testing.assert_array_equal(np.asarray(again.llava.llm.lm_head.kernel[...]), lm_head)

@@ -1,7 +1,9 @@
 """The jitted train step on GLUS-tiny (SAM2 at 64 px) with a real pipeline batch of the golden MeViS video:
 a few steps on one fixed batch lower the total loss; only the trainable parameters move (the frozen ones
 and the mask decoder's high-res projections, which the reference runs under no_grad, stay bit-identical);
-the reported lr is the schedule's; the exported model directory has LoRA folded in."""
+the reported lr is the schedule's; the exported model directory has LoRA folded in. The training SAM2
+forward, which attends only to the memories that can exist at each query frame, equals attention over the
+whole padded bank."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import pytest
 from flax import nnx
 
 from glus_jax.data import pipeline
+from glus_jax.models import glus as glus_lib
 from glus_jax.models.io import load_model
+from glus_jax.train import forward as forward_lib
 from glus_jax.train import loop
 from tests import train_world
 
@@ -76,3 +80,52 @@ def test_steps_on_a_fixed_batch_lower_the_loss_and_train_only_trainables(setup_a
     for k in params0:
         if "/conv_s0/" in k or "/conv_s1/" in k:
             assert k not in moved, k
+
+
+def _sam_forward_padded_bank(model, sam_pixels, seg_embeds, seg_ok, stride):
+    """The training SAM2 forward with every query frame attending to the whole padded bank (all
+    num_maskmem selected slots, absent ones masked) in a scan: what `sam_forward` computes over the
+    present slots only."""
+    graph, state = nnx.split(model.visual_model)
+    cfg = model.config.sam2
+    _, e, q, _ = seg_embeds.shape
+
+    def one_sample(pixels, text, ok):
+        def frame(bank, xs):
+            px, t_emb, fid = xs
+            sam = nnx.merge(graph, jax.tree.map(lambda x: x, state))
+            bank, out = glus_lib.frame_step(sam, bank, px, t_emb, ok, fid, stride=stride, training=True)
+            return bank, out.low_res_logits
+
+        bank = glus_lib.init_bank(cfg, e, stride)
+        _, low = jax.lax.scan(frame, bank, (pixels, jnp.moveaxis(text, 1, 0), jnp.arange(q, dtype=jnp.int32)))
+        return jnp.moveaxis(low, 0, 1)
+
+    return jax.vmap(one_sample)(sam_pixels, seg_embeds, seg_ok)
+
+
+def test_sam_forward_attends_to_present_memories_only(setup_and_batch):
+    """The unrolled training forward (memory attention over the slots that can hold a memory at each
+    query frame) equals attention over the whole padded bank, also with expressions without [SEG]."""
+    s, local = setup_and_batch
+    model = nnx.merge(s.graphdef, s.state.params, s.state.frozen)
+    assert forward_lib.memory_frame_counts(4, 7, 1) == (0, 1, 2, 3)
+    assert forward_lib.memory_frame_counts(5, 7, 3) == (0, 1, 2, 2, 2)  # frames f-1 and multiples of 3
+    stride = 1  # training's
+    pixels = jnp.asarray(local["sam_pixels"][0])  # [B, Q, 64, 64, 3]
+    b = pixels.shape[0]
+    text = jax.random.normal(jax.random.PRNGKey(1), (b, 3, 4, model.config.out_dim))
+    ok = jnp.asarray([[True, False, True], [False, True, True]])[:b]
+    graph, state = nnx.split(model)
+
+    @jax.jit
+    def both(state, pixels, text, ok):
+        m = nnx.merge(graph, state)
+        new = forward_lib.sam_forward(m, pixels, text, ok, mem_stride=stride)
+        return new, _sam_forward_padded_bank(m, pixels, text, ok, stride)
+
+    new, ref = jax.device_get(both(state, pixels, text, ok))
+    assert new.shape == (b, 3, 4, 16, 16)
+    scale = float(np.abs(ref[np.asarray(ok)]).max())
+    np.testing.assert_allclose(new, ref, atol=1e-5 * scale, rtol=0)
+    assert (new[~np.asarray(ok)] == glus_lib.BLANK_LOGIT).all()

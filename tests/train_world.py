@@ -57,7 +57,7 @@ def tiny_config(init_from: str | Path, data_root: str | Path = GOLDEN_DATA, over
         ROOT / "configs" / "tiny.py",
         [f"--config.model.init_from={init_from}", f"--config.data.root={data_root}", *overrides],
     )
-    # Pipeline fields the base config may not declare yet (glus_jax.data.pipeline.pipeline_config).
+    # The tests' sizes: SAM2 at 64 px, the GT canvas of the golden video's 96 x 128 frames.
     cfg.data.image_size = data.pop("image_size", IMAGE_SIZE)
     cfg.data.max_mask_size = tuple(data.pop("max_mask_size", (96, 128)))
     for k, v in data.items():
@@ -139,6 +139,7 @@ def run_child(spec: dict) -> None:
               **flat_arrays(state.opt_state, "opt")}
     arrays["step"] = np.asarray(int(state.step))
     arrays["resumed_from"] = np.asarray(-1 if result.resumed_from is None else result.resumed_from)
+    arrays["export_dir"] = np.asarray(str(result.export_dir or ""))
     out = Path(spec["out"])
     if jax.process_count() > 1:
         out = out.with_name(f"{out.stem}.p{jax.process_index()}{out.suffix}")

@@ -84,7 +84,14 @@ def tiny(**overrides) -> GLUSConfig:
     return GLUSConfig(**{"llava": llava_lib.tiny(), "sam2": tiny_sam2(), "seg_token_id": 512, **overrides})
 
 
-PRESETS = {"glus_s": glus_s, "tiny": tiny}
+def synthetic_world(**overrides) -> GLUSConfig:
+    """The synthetic-world GLUS (`presets_synthetic`; imported lazily: it builds on this module)."""
+    from glus_jax.models.presets_synthetic import synthetic_world as build
+
+    return build(**overrides)
+
+
+PRESETS = {"glus_s": glus_s, "tiny": tiny, "synthetic_world": synthetic_world}
 
 
 class TextHiddenFcs(nnx.Module):
@@ -134,6 +141,7 @@ def frame_step(
     training: bool = False,
     freeze_memory: bool = True,
     dropout_rng: jax.Array | None = None,
+    image_grad: bool = False,
 ) -> tuple[mb.MemoryBank, FrameOutput]:
     """One query frame of GLUS for E expressions that share the frame (each has its own bank).
 
@@ -143,11 +151,11 @@ def frame_step(
     bank: batch shape (E,) per slot entry, i.e. features [slots, E, HW, C_mem].
     """
     feats = sam.encode_image(pixels[None])
-    if freeze_memory:  # GLUS runs the image encoder and memory under no_grad
+    if freeze_memory and not image_grad:  # GLUS runs the image encoder and memory under no_grad
         feats = jax.tree.map(jax.lax.stop_gradient, feats)
     return frame_step_features(
         sam, bank, feats, text_embeds, seg_ok, frame_id, stride=stride, training=training,
-        freeze_memory=freeze_memory, dropout_rng=dropout_rng,
+        freeze_memory=freeze_memory, dropout_rng=dropout_rng, image_grad=image_grad,
     )
 
 
@@ -164,6 +172,8 @@ def frame_step_features(
     freeze_memory: bool = True,
     dropout_rng: jax.Array | None = None,
     compact_memory: bool = False,
+    image_grad: bool = False,
+    memory_frames: int | None = None,
 ) -> tuple[mb.MemoryBank, FrameOutput]:
     """`frame_step` on the frame's image features (`sam.encode_image` of one frame, batch 1), for a
     caller that runs the image trunk separately (inference batches it over a chunk of frames).
@@ -172,7 +182,11 @@ def frame_step_features(
     over the count, one compiled branch per count), instead of to every slot of the padded bank
     with the absent ones masked. Same result; up to num_maskmem times less memory-attention work on
     the first frames of a clip. For a scan over frames (inference): under `vmap` a switch runs every
-    branch."""
+    branch.
+    memory_frames: a static bound from a caller that knows the frame id statically (the training
+    forward): only the newest `memory_frames` selected frames can be present (`gather` lists them
+    oldest first; the older ids are negative), so attention runs over those alone, and not at all
+    when 0. Works under `vmap`."""
     cfg = sam.cfg
     bank = jax.lax.cond(frame_id == 0, mb.clear, lambda b: b, bank)
     e = text_embeds.shape[0]
@@ -183,8 +197,12 @@ def frame_step_features(
     # Memory attention per expression over its own padded bank; an expression with no usable
     # memory gets `+ no_mem_embed` instead (computed for all, selected per expression).
     selected = jax.vmap(lambda b: mb.gather(b, frame_id, cfg.num_maskmem, stride))(_bank_per_expression(bank))
+    if memory_frames is not None:
+        selected = _newest_frames(selected, memory_frames, h * w)
     has_memory = jnp.any(selected.present, axis=-1)
-    if compact_memory:
+    if memory_frames == 0:
+        attended = curr
+    elif compact_memory:
         attended = _attend_compact(sam, curr, curr_pos, selected, (h, w), dropout_rng)
     else:
         def attend(sam, curr, curr_pos, selected):
@@ -203,7 +221,7 @@ def frame_step_features(
         attended = nnx.cond(jnp.any(has_memory), attend, lambda sam, curr, *_: curr, sam, curr, curr_pos, selected)
     no_mem = curr + sam.no_mem_embed[...].reshape(-1).astype(curr.dtype)
     image_embed = jnp.where(has_memory[:, None, None], attended, no_mem).reshape(e, h, w, c)
-    if freeze_memory:
+    if freeze_memory and not image_grad:
         image_embed = jax.lax.stop_gradient(image_embed)
 
     high_res = tuple(jnp.broadcast_to(x, (e, *x.shape[1:])) for x in feats.high_res_feats)
@@ -260,6 +278,21 @@ def _attend_compact(sam: SAM2Model, curr, curr_pos, selected: mb.SelectedMemory,
 
     count = jnp.max(jnp.sum(selected.present, axis=-1))
     return nnx.switch(count, [branch(n) for n in range(k + 1)], sam, curr, curr_pos, memory, memory_pos, valid)
+
+
+def _newest_frames(selected: mb.SelectedMemory, n: int, hw: int) -> mb.SelectedMemory:
+    """The newest n of the selected memory frames (the last n: `gather` orders them oldest first)."""
+    k = selected.present.shape[-1]
+    if not 0 <= n <= k:
+        raise ValueError(f"memory_frames {n} must be in [0, {k}]")
+    tokens = slice((k - n) * hw, None)
+    return mb.SelectedMemory(
+        memory=selected.memory[..., tokens, :],
+        memory_pos=selected.memory_pos[..., tokens, :],
+        mask=selected.mask[..., tokens],
+        frame_ids=selected.frame_ids[..., k - n :],
+        present=selected.present[..., k - n :],
+    )
 
 
 def _bank_per_expression(bank: mb.MemoryBank) -> mb.MemoryBank:

@@ -7,8 +7,9 @@
 Any `--config.a.b=value` overrides the config. Re-running the same command resumes from the newest
 checkpoint in the workdir. Multi-host: run one process per host with `--coordinator HOST:PORT
 --num-processes N --process-id I` (or nothing on TPU pods / SLURM, where `jax.distributed.initialize()`
-finds them itself when `--distributed` is given); each process reads its own shard of the data. The merged
-model of a multi-process run is written afterwards from one process with `--export-only`.
+finds them itself when `--distributed` is given); each process reads its own shard of the data. At the end
+process 0 writes the merged model (the parameters gathered from every process); `--export-only` writes
+it again from the newest checkpoint (one process, or all of a multi-process run).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export-only",
         action="store_true",
-        help="only write WORKDIR/model from the newest checkpoint (one process; e.g. after a multi-host run)",
+        help="only write WORKDIR/model from the newest checkpoint",
     )
     dist = parser.add_argument_group("multi-process (jax.distributed)")
     dist.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize()")

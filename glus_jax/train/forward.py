@@ -9,9 +9,10 @@ Ports `GLUSForCausalLM.generate_masks` (GLUS `model/GLUS.py`, training branch) a
    are never formed: the only positions any loss reads are the Q positions per row whose *next* token
    is [SEG]. Their final-norm hidden states give (a) the CE logits (`specific_ce_loss`, Q9) and (b) the
    [SEG] embeddings after `text_hidden_fcs` (quirk Q2: the state *before* [SEG]).
-2. SAM2. Per sample, its Q query frames go in order through the memory bank (`glus.frame_step`, stride
-   1, bank cleared at frame 0, memories detached as the reference's `.detach()` / `torch.no_grad()`) as a
-   `lax.scan`; all E expressions of a sample share the frame and each has its own bank. The decoder runs
+2. SAM2. Per sample, its Q query frames go in order through the memory bank (`glus.frame_step_features`,
+   stride 1, bank cleared at frame 0, memories detached as the reference's `.detach()` / `torch.no_grad()`)
+   in an unrolled loop whose memory attention covers only the memories that can exist at each frame
+   (`sam_forward`); all E expressions of a sample share the frame and each has its own bank. The decoder runs
    in training mode (token 0, quirk Q5), prompted with the expression's [SEG] embedding of that frame.
 3. Losses. The low-res logits are upsampled to each sample's true frame size (bilinear,
    align_corners=False, as `postprocess_masks(orig_hw=label.shape)`) inside the padded [Hm, Wm] canvas by
@@ -43,6 +44,8 @@ from flax import nnx
 
 from glus_jax.models import glus as glus_lib
 from glus_jax.models.glus import GLUS
+from glus_jax.models.sam2 import memory_bank as mb
+from glus_jax.models.sam2.sam2 import SAM2ImageFeatures
 from glus_jax.train import contrastive as contrastive_lib
 from glus_jax.train import losses as losses_lib
 
@@ -58,11 +61,14 @@ class ForwardOptions:
       adapters' inputs; SAM2 memory-attention dropout 0.1). Both only act when a dropout key is given.
       The oracle's training forward ran memory attention in eval mode (`memory_attention.eval()`), so
       the golden test turns them off.
+    image_grad: let gradients into SAM2's image encoder and through the memory path (GLUS computes
+      them under no_grad; for training SAM2 from scratch, e.g. the synthetic world).
     """
 
     mem_stride: int = 1
     lora_dropout: bool = True
     mem_attn_dropout: bool = True
+    image_grad: bool = False
 
 
 class ForwardOutput(NamedTuple):
@@ -132,6 +138,21 @@ def llm_forward(
 # ----------------------------------------------------------------------------------------- SAM2 side
 
 
+def memory_frame_counts(num_frames: int, num_maskmem: int, stride: int) -> tuple[int, ...]:
+    """For each query frame f < num_frames of a clip (bank cleared at frame 0): how many of the
+    frames GLUS selects as memory (`select_memory_frames`) exist, i.e. are >= 0. They are the newest
+    ones of the selection, so memory attention at frame f needs only those (static per frame)."""
+    with jax.ensure_compile_time_eval():
+        counts = []
+        for f in range(num_frames):
+            ids, ok = mb.select_memory_frames(f, num_maskmem, stride)
+            n = int(jnp.sum(ok))
+            if not bool(jnp.all(ok[num_maskmem - n :])):  # gather's order: oldest (negative) first
+                raise AssertionError(f"frame {f}: existing memory frames {ids} are not the newest")
+            counts.append(n)
+    return tuple(counts)
+
+
 def sam_forward(
     model: GLUS,
     sam_pixels: jax.Array,
@@ -140,30 +161,47 @@ def sam_forward(
     *,
     mem_stride: int = 1,
     dropout_rng: jax.Array | None = None,
+    image_grad: bool = False,
 ) -> jax.Array:
     """Low-res mask logits [B, E, Q, h, w] of the query frames sam_pixels [B, Q, S, S, 3] prompted by
-    seg_embeds [B, E, Q, C_p]; seg_ok [B, E] (padded expressions: blank, no memory)."""
+    seg_embeds [B, E, Q, C_p]; seg_ok [B, E] (padded expressions: blank, no memory).
+
+    Per sample: the image encoder on its Q frames at once (under stop-gradient unless `image_grad`, as
+    GLUS runs it under no_grad), then the frames in order through the memory bank. The frame loop is
+    unrolled (Q = 4 static steps, each of a different shape): at query frame f at most
+    `memory_frame_counts(...)[f]` memories exist (0, 1, 2, 3 at stride 1), so memory attention runs
+    over those slots only instead of all num_maskmem (7) with the absent ones masked, and not at all
+    at frame 0. Same result, and at SAM2's 1024 px the attention logits [E, 4096, n x 4096] of the
+    7-slot bank dominated memory (XLA temp of a GLUS-tiny train step, 2 samples x 3 expressions at
+    1024 px: 22.1 GB with the padded bank in a scan, 8.5 GB unrolled). (A scan would need one static
+    bank width for all frames; under the vmap over samples a `lax.switch` over the count would run
+    every branch.)"""
     sam_graph, sam_state = nnx.split(model.visual_model)
     cfg = model.config.sam2
     _, e, q, _ = seg_embeds.shape
+    counts = memory_frame_counts(q, cfg.num_maskmem, mem_stride)
 
     def one_sample(sam_state, pixels, text, ok, key):
+        sam = nnx.merge(sam_graph, sam_state)
+        feats = sam.encode_image(pixels)  # [Q, ...]
+        if not image_grad:
+            feats = jax.tree.map(jax.lax.stop_gradient, feats)
         bank = glus_lib.init_bank(cfg, e, mem_stride)
-
-        def frame(bank, xs):
-            px, t_emb, fid = xs
-            # Merged inside the scan body from fresh Variables (tree.map rebuilds them at this trace
-            # level): NNX modules and Variables must not be closed over by a scan.
-            sam = nnx.merge(sam_graph, jax.tree.map(lambda x: x, sam_state))
-            k = None if key is None else jax.random.fold_in(key, fid)
-            bank, out = glus_lib.frame_step(
-                sam, bank, px, t_emb, ok, fid,
-                stride=mem_stride, training=True, freeze_memory=True, dropout_rng=k,
+        low = []
+        for f in range(q):
+            frame = SAM2ImageFeatures(
+                vision_features=feats.vision_features[f : f + 1],
+                vision_pos_enc=feats.vision_pos_enc,  # [1, h, w, C]: the same for every frame
+                high_res_feats=tuple(x[f : f + 1] for x in feats.high_res_feats),
             )
-            return bank, out.low_res_logits
-
-        _, low = jax.lax.scan(frame, bank, (pixels, jnp.moveaxis(text, 1, 0), jnp.arange(q, dtype=jnp.int32)))
-        return jnp.moveaxis(low, 0, 1)  # [E, Q, h, w]
+            bank, out = glus_lib.frame_step_features(
+                sam, bank, frame, text[:, f], ok, f,
+                stride=mem_stride, training=True, freeze_memory=True,
+                dropout_rng=None if key is None else jax.random.fold_in(key, f),
+                image_grad=image_grad, memory_frames=counts[f],
+            )
+            low.append(out.low_res_logits)
+        return jnp.stack(low, axis=1)  # [E, Q, h, w]
 
     keys = None if dropout_rng is None else jax.random.split(dropout_rng, sam_pixels.shape[0])
     return jax.vmap(one_sample, in_axes=(None, 0, 0, 0, None if keys is None else 0))(
@@ -193,6 +231,7 @@ def forward(
         batch["exp_valid"].astype(bool),
         mem_stride=options.mem_stride,
         dropout_rng=sam_key,
+        image_grad=options.image_grad,
     )
     return ForwardOutput(seg, found, pos, logits, low)
 

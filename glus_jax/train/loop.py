@@ -17,14 +17,15 @@ Initialisation (`build_model`), as train_ds.py sets the model up:
   Linear init, dropping LISA's).
 - else a random model of `model.preset` (tests, the synthetic world) with the tokenizer `model.tokenizer`.
 Then LoRA (`train.lora_*`) is added (PEFT init: A uniform, B = 0), `model.dtype` / `model.remat` set,
-and SAM2's input size follows `data.image_size` when the config has it.
+and SAM2's input size set to `data.image_size` (the pipeline's).
 
 Checkpoints (`WORKDIR/checkpoints/<step>/`, orbax `CheckpointManager`, asynchronous, `train.keep_checkpoints`
 kept): the trainable parameters, optimizer state, contrastive banks, step and PRNG key (`state/`), and
 every process's grain iterator position (`data/process_<i>-of-<n>.json`). A run restarted with the same
 config and workdir resumes from the newest complete checkpoint onto the same trajectory (frozen
 parameters are re-initialised from the same source). Metrics: console and TensorBoard (`WORKDIR/tb`).
-At the end the LoRA-merged model is written as a model directory `WORKDIR/model`.
+At the end the LoRA-merged model is written as a model directory `WORKDIR/model` (with several
+processes: gathered to process 0, which alone writes it while the others wait; `export_model`).
 """
 
 from __future__ import annotations
@@ -67,10 +68,6 @@ STEP_KEYS = (
 )
 
 
-def _get(group: Any, key: str, default: Any) -> Any:
-    return group.get(key, default) if hasattr(group, "get") else getattr(group, key, default)
-
-
 # ------------------------------------------------------------------------------------------- model
 
 
@@ -89,10 +86,13 @@ def training_model_config(base: GLUSConfig, config: Any) -> GLUSConfig:
         lora_targets=tuple(t.lora_targets),
         remat=bool(m.remat),
     )
-    sam2 = cfg.sam2
-    image_size = _get(d, "image_size", None)
-    if image_size:
-        sam2 = dataclasses.replace(sam2, image_size=int(image_size))
+    # The SAM2 parameters do not depend on the input size: the pipeline's size is the model's.
+    sam2 = dataclasses.replace(cfg.sam2, image_size=int(d.image_size))
+    if int(d.clip_image_size) != cfg.llava.clip.image_size:
+        raise ConfigError(
+            f"data.clip_image_size {d.clip_image_size} != the model's CLIP input size "
+            f"{cfg.llava.clip.image_size}"
+        )
     return dataclasses.replace(
         cfg,
         llava=dataclasses.replace(cfg.llava, llama=llama),
@@ -179,7 +179,7 @@ def _convert(config: Any) -> tuple[GLUS, GLUSTokenizer, dict]:
     from tools.convert_weights.engine import ConversionError, read_state_dict
 
     m = config.model
-    missing = [k for k in ("lisa_checkpoint", "vision_tower", "sam2_checkpoint") if not _get(m, k, "")]
+    missing = [k for k in ("lisa_checkpoint", "vision_tower", "sam2_checkpoint") if not m[k]]
     if missing:
         raise ConfigError(
             f"model.init_from is empty and model.{{{', '.join(missing)}}} not set: nothing to train from"
@@ -202,7 +202,7 @@ def _convert(config: Any) -> tuple[GLUS, GLUSTokenizer, dict]:
         )
     base = GLUSConfig(
         llava=llava_cfg,
-        sam2=glus_table.sam2_config_of(_get(m, "sam2_config", "hiera_l")),
+        sam2=glus_table.sam2_config_of(m.sam2_config),
         seg_token_id=tokenizer.seg_token_id,
     )
     cfg = training_model_config(base, config)
@@ -245,12 +245,12 @@ def build_model(
     seed = int(config.train.seed)
     if m.init_from:
         model, tokenizer, source = _load_model_dir(Path(m.init_from), config, mesh, rules)
-    elif _get(m, "lisa_checkpoint", ""):
+    elif m.lisa_checkpoint:
         model, tokenizer, source = _convert(config)
     else:
         if m.preset not in glus_lib.PRESETS:
             raise ConfigError(f"model.preset {m.preset!r}: unknown; known {sorted(glus_lib.PRESETS)}")
-        if not _get(m, "tokenizer", ""):
+        if not m.tokenizer:
             raise ConfigError(
                 "model.preset needs model.tokenizer (a tokenizer directory) when model.init_from is empty"
             )
@@ -283,7 +283,7 @@ def optimizer_config(config: Any) -> opt_lib.OptimizerConfig:
         beta1=float(t.beta1),
         beta2=float(t.beta2),
         weight_decay=float(t.weight_decay),
-        grad_clip=float(_get(t, "grad_clip", 1.0)),
+        grad_clip=float(t.grad_clip),
     )
 
 
@@ -291,7 +291,7 @@ def step_config(config: Any) -> step_lib.StepConfig:
     t, d = config.train, config.data
     datasets = tuple(d.datasets)
     return step_lib.StepConfig(
-        forward=forward_lib.ForwardOptions(mem_stride=int(t.mem_stride)),
+        forward=forward_lib.ForwardOptions(mem_stride=int(t.mem_stride), image_grad=bool(t.image_grad)),
         loss=forward_lib.LossOptions(
             weights=losses_lib.LossWeights(
                 ce=float(t.ce_weight), bce=float(t.bce_weight), dice=float(t.dice_weight)
@@ -302,13 +302,17 @@ def step_config(config: Any) -> step_lib.StepConfig:
             num_negatives=int(t.num_negatives),
             contrastive_datasets=tuple(name == "mevis" for name in datasets),
         ),
-        dropout=bool(_get(t, "dropout", True)),
+        dropout=bool(t.dropout),
     )
 
 
 def mesh_rules(config: Any) -> sharding_lib.Rules:
-    rules = _get(config.mesh, "rules", None)
-    return tuple((k, v) for k, v in rules) if rules else sharding_lib.DEFAULT_RULES
+    """`mesh.rules` (pairs of logical axis and mesh axes; lists from a command line are made tuples), or
+    the default rules when empty."""
+    rules = config.mesh.rules
+    if not rules:
+        return sharding_lib.DEFAULT_RULES
+    return tuple((str(k), v if v is None or isinstance(v, str) else tuple(v)) for k, v in rules)
 
 
 @dataclasses.dataclass
@@ -364,7 +368,7 @@ def setup(
     opt_cfg = optimizer_config(config)
     tx = opt_lib.make_optimizer(opt_cfg)
     schedule = opt_lib.lr_schedule(opt_cfg)
-    trainable = tuple(_get(t, "trainable", opt_lib.TRAINABLE))
+    trainable = tuple(t.trainable)
     graphdef, state, shardings = state_lib.create_train_state(
         model, tx, num_groups=num_groups, bank_size=int(t.bank_size), seed=int(t.seed), trainable=trainable,
         mesh=mesh, rules=rules,
@@ -408,7 +412,7 @@ def checkpoint_manager(workdir: Path, config: Any):
     t = config.train
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(t.keep_checkpoints),
-        enable_async_checkpointing=bool(_get(t, "async_checkpoints", True)),
+        enable_async_checkpointing=bool(t.async_checkpoints),
         create=True,
     )
     return ocp.CheckpointManager(
@@ -474,8 +478,12 @@ class TrainResult:
 def model_from_state(s: Setup, state: state_lib.TrainState, merge: bool = True) -> GLUS:
     """The model of a state; with `merge`, LoRA folded into the base weights (W + A B alpha / r) and the
     config made that of a plain model (no adapters, no remat)."""
+    return _model_of(s.graphdef, state.params, state.frozen, merge)
+
+
+def _model_of(graphdef: nnx.GraphDef, params, frozen, merge: bool) -> GLUS:
     # Fresh Variables (tree.map): merging LoRA below must not write into the state's own Variables.
-    model = nnx.merge(s.graphdef, *jax.tree.map(lambda x: x, (state.params, state.frozen)))
+    model = nnx.merge(graphdef, *jax.tree.map(lambda x: x, (params, frozen)))
     if not merge:
         return model
     llama_lib.merge_lora(model)
@@ -485,29 +493,76 @@ def model_from_state(s: Setup, state: state_lib.TrainState, merge: bool = True) 
     return model
 
 
+def host_copy(tree, keep: bool = True):
+    """Host (numpy) copies of the arrays of `tree`, global values of arrays sharded over the processes
+    (`process_allgather`). With several processes every process must call it (a collective per leaf,
+    in the same order); only where `keep` is the copy kept and returned (None elsewhere), so a process
+    that does not keep it never holds more than one gathered leaf."""
+    from jax.experimental import multihost_utils
+
+    leaves, treedef = jax.tree.flatten(tree)
+    out = []
+    for x in leaves:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = multihost_utils.process_allgather(x, tiled=True)
+        out.append(np.asarray(x) if keep else None)
+    return jax.tree.unflatten(treedef, out) if keep else None
+
+
 def export_model(
     s: Setup, state: state_lib.TrainState, path: Path, extra_source: Mapping | None = None
 ) -> Path:
-    """Write the LoRA-merged model as a model directory (float32 params, the run's model config).
+    """Write the LoRA-merged model as a model directory (float32 params, the run's model config),
+    atomically (`glus_jax.checkpoint.save_model_dir`).
 
-    Single process only: `glus_jax.checkpoint.save_model_dir` writes from one process. After a
-    multi-process run use `export_from_checkpoint` (`glus-jax train ... --export-only`) on one host."""
-    from glus_jax.models.io import save_model
-
-    if jax.process_count() > 1:
-        raise RuntimeError(
-            "export_model writes from a single process; use export_from_checkpoint on one host"
-        )
-    model = model_from_state(s, state)
+    With several JAX processes every process must call it: the trainable and frozen parameters are
+    gathered from their shards to process 0, which alone merges LoRA (on its CPU: the whole model need
+    not fit one accelerator) and writes the directory; the others wait for it at a barrier, which also
+    carries process 0's success or failure to them. Returns `path` on every process."""
     source = {**s.model_source, "trained_steps": int(state.step), **dict(extra_source or {})}
-    return save_model(path, model, s.tokenizer, source=source)
+    if jax.process_count() == 1:
+        return _write_model(s, state.params, state.frozen, path, source, local=False)
+    from jax.experimental import multihost_utils
+
+    writer = jax.process_index() == 0
+    params = host_copy(state.params, keep=writer)
+    frozen = host_copy(state.frozen, keep=writer)
+    error = None
+    if writer:
+        try:
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                _write_model(s, params, frozen, path, source, local=True)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others are released
+            error = e
+        del params, frozen
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None), is_source=writer)
+    if error is not None:
+        raise error
+    if int(failed):
+        raise RuntimeError(f"process 0 failed to write the merged model {path} (see its log)")
+    return Path(path).absolute()
+
+
+def _write_model(s: Setup, params, frozen, path: Path, source: Mapping, *, local: bool) -> Path:
+    import tempfile
+
+    from glus_jax import checkpoint
+    from glus_jax.models.io import model_params
+
+    model = _model_of(s.graphdef, params, frozen, merge=True)
+    tree = jax.tree.map(np.asarray, model_params(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        s.tokenizer.save(tmp)
+        config = {"model": to_dict(model.config), "source": dict(source)}
+        return checkpoint.save_model_dir(path, tree, config, tokenizer_dir=tmp, local=local)
 
 
 def export_from_checkpoint(
     config: Any, workdir: str | Path, step: int | None = None, path: str | Path | None = None
 ) -> Path:
-    """Restore checkpoint `step` (default: the newest) of `workdir` in this (single) process and write the
-    merged model directory to `path` (default WORKDIR/model)."""
+    """Restore checkpoint `step` (default: the newest) of `workdir` and write the merged model
+    directory to `path` (default WORKDIR/model). Runs in one process, or in all of a multi-process
+    run (`export_model`)."""
     workdir = Path(workdir)
     mngr = checkpoint_manager(workdir, config)
     try:
@@ -624,10 +679,6 @@ def train(
         mngr.close()
         writer.close()
     export_dir = None
-    if export and int(state.step) == total:
-        if jax.process_count() == 1:
-            export_dir = export_model(s, state, workdir / "model")
-        elif jax.process_index() == 0:
-            print(f"[train] multi-process run: export the merged model from one host with "
-                  f"`glus-jax train --config ... --workdir {workdir} --export-only`", flush=True)
+    if export and int(state.step) == total:  # every process takes part; process 0 writes
+        export_dir = export_model(s, state, workdir / "model")
     return TrainResult(state=state, setup=s, history=history, resumed_from=resumed, export_dir=export_dir)
