@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("glus_jax.eval.cli", "Score predicted masks on a benchmark, or zip a server submission."),
     "generate-data": ("glus_jax.data.synthetic", "Write a synthetic RefVOS dataset (MeViS or Ref-YTVOS)."),
     "train": ("glus_jax.train.cli", "Train GLUS from an experiment config (resumes from the workdir)."),
+    "demo": ("glus_jax.demo", "Segment a generated held-out video with the embedded world model and score it."),
     "prepare-tfds": ("glus_jax.data.tfds_builder", "Build TFDS array_record files of a RefVOS training dataset."),
 }
 
