@@ -7,6 +7,7 @@ Model directories store their model config as plain YAML produced by `to_dict`.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import types
@@ -157,12 +158,16 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
     if isinstance(current, str) or current is None:
         return text
     if isinstance(current, (tuple, list)):
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = None
+        try:  # a Python literal as the configs/*.py files write them: ('a',) or (1, 2)
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            try:  # YAML flow: [a, b]
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = None
         if not isinstance(value, (list, tuple)):
-            value = [v.strip() for v in text.split(",")] if text else []
+            inner = text.strip().strip("()[]")  # a, b  /  (a, b)  /  [a, b] with bare words
+            value = [v.strip().strip("'\"") for v in inner.split(",") if v.strip()]
         if current:
             value = [_parse_value(str(v), current[0], key) for v in value]
         return type(current)(value)

@@ -74,6 +74,14 @@ def test_overrides_apply_with_declared_types():
     assert cfg.train.contrastive is False and cfg.train.steps == 7
 
 
+@pytest.mark.parametrize("text", ["('visual_model',)", "['visual_model']", "visual_model", "(visual_model)"])
+def test_tuple_overrides_accept_python_and_yaml_literals(text):
+    """A Python tuple literal, as configs/*.py write them, must not be split on its comma into
+    "('visual_model'" and ")" (which named no parameter and silently trained nothing)."""
+    cfg = load_experiment_config(ROOT / "configs" / "tiny.py", [f"--config.train.trainable={text}"])
+    assert cfg.train.trainable == ("visual_model",)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -199,3 +199,16 @@ def test_init_by_converting_lisa_clip_and_official_sam2(tmp_path):
     assert np.abs(fc1).max() <= 1 / np.sqrt(fc1.shape[0]) and fc1.std() > 0.5 / np.sqrt(3 * fc1.shape[0])
     q = model.llava.llm.model.layers.self_attn.q_proj
     assert not np.asarray(q.lora_b[...]).any() and np.asarray(q.lora_a[...]).any()
+
+
+def test_a_trainable_name_that_selects_nothing_is_an_error():
+    from flax import nnx
+
+    class Tiny(nnx.Module):
+        def __init__(self):
+            self.visual_model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+    graphdef, train, _ = state_lib.split_model(Tiny(), ("visual_model",))
+    assert len(nnx.to_flat_state(train)) == 2
+    with pytest.raises(ValueError, match=r"train.trainable: \[\"\('visual_model'\"\]"):
+        state_lib.split_model(Tiny(), ("('visual_model'",))

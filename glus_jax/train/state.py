@@ -36,7 +36,11 @@ class TrainState:
 
 
 def split_model(model: nnx.Module, trainable=TRAINABLE) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """(graphdef, trainable params, everything else) of `model` (RNG state included in the latter)."""
+    """(graphdef, trainable params, everything else) of `model` (RNG state included in the latter).
+    A name in `trainable` that selects no parameter is an error (a typo would silently train nothing)."""
+    paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    if unmatched := [n for n in trainable if not any(n in p.split("/") for p in paths)]:
+        raise ValueError(f"train.trainable: {unmatched} name no parameter of the model (e.g. {paths[0]!r})")
     return nnx.split(model, nnx.All(nnx.Param, trainable_filter(trainable)), ...)
 
 
