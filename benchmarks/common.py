@@ -675,3 +675,32 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------- device
+
+
+def device_name() -> str:
+    """The JAX device the benchmark measures on, e.g. 'cpu:cpu x1 (2 host cores)'."""
+    import os
+
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()} ({os.cpu_count()} host cores)"
+
+
+def matmul_rate(dtype: str, repeats: int = 5) -> float:
+    """Measured FLOP/s of a large square matmul on the default JAX device (best of `repeats`): the rate
+    FLOP-bound times and MFU are computed against. bfloat16 on a GPU, else float32 (CPU XLA has no fast
+    bfloat16 matmul)."""
+    gpu = jax.default_backend() == "gpu"
+    n = 8192 if gpu else 2048
+    dt = jnp.bfloat16 if dtype == "bfloat16" and gpu else jnp.float32
+    a = jnp.ones((n, n), dt)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best

@@ -2,6 +2,7 @@
 
   .venv/bin/python -m benchmarks.inference --config {tiny,small,glus_s} [--frames 64] [--json FILE]
       [--repeats N] [--memory-frames 512] [--torch-flops] [--profile DIR] [--workdir DIR]
+  .venv/bin/python -m benchmarks.inference --config tiny --frames 64 --memory-frames 512 --memory-only
 
 What one run does (docs/PERFORMANCE.md has the method and the numbers):
 1. Random PyTorch weights of the config, written as a GLUS checkpoint (benchmarks/common.py), with the
@@ -20,7 +21,8 @@ What one run does (docs/PERFORMANCE.md has the method and the numbers):
 5. Peak memory: each side in a fresh subprocess (compiled programs come from a persistent cache filled by
    step 3, so compilation does not count): peak resident memory (GPU: peak device memory) during
    `segment` above the memory before it (model loaded, frames decoded), minus the returned masks and
-   logits: the working memory. `--memory-frames 512` adds the same probe on a 512-frame video.
+   logits: the working memory. `--memory-frames 512` adds the same probe on a 512-frame video;
+   `--memory-only` runs only ours' probes (no reference run, no FLOP count).
 
 `--config glus_s` on a machine without a GPU is a shape check: the full GLUS-S pipeline runs on abstract
 weights (every kernel is shape-evaluated, nothing executes), and the FLOP counts and splits are reported.
@@ -157,21 +159,7 @@ def instrument_reference(ref) -> dict[str, float]:
     return timings
 
 
-def matmul_rate(dtype: str) -> float:
-    """Measured FLOP/s of a large matmul on the default JAX device (the FLOP-bound reference rate)."""
-    import jax.numpy as jnp
-
-    n = 8192 if _gpu() else 2048
-    dt = jnp.bfloat16 if dtype == "bfloat16" and _gpu() else jnp.float32
-    a = jnp.ones((n, n), dt)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+matmul_rate = common.matmul_rate  # the FLOP-bound reference rate (benchmarks/common.py)
 
 
 # ------------------------------------------------------------------------------------ memory probes
@@ -206,11 +194,13 @@ def probe_main(args) -> int:
         frames = read_video(video).frames
         dev = jax.devices()[0]
         before = dev.memory_stats()["bytes_in_use"] if gpu else None
+        t0 = time.perf_counter()
         with common.PeakRSS() as rss, common.CompileTimer() as ct:
             res = pipe.segment(frames, [common.EXPRESSION])[0]
+        seconds = time.perf_counter() - t0
         out_bytes = res.masks.nbytes + res.low_res_logits.nbytes + res.iou.nbytes + res.object_score.nbytes
         peak = (dev.memory_stats()["peak_bytes_in_use"] - before) if gpu else rss.increase
-        extra = {"compile_seconds_in_probe": ct.seconds}
+        extra = {"compile_seconds_in_probe": ct.seconds, "segment_seconds": seconds}
     else:
         import torch
 
@@ -222,13 +212,15 @@ def probe_main(args) -> int:
         if gpu:
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
         with common.PeakRSS() as rss:
             out = ref.segment(frames, common.EXPRESSION)
+        seconds = time.perf_counter() - t0
         out_bytes = out["masks"].nbytes + out["logits"].nbytes + sum(
             s["logits"].nbytes + (s["low_res_logits"].nbytes if s["low_res_logits"] is not None else 0)
             for s in out["steps"])
         peak = (torch.cuda.max_memory_allocated() - before) if gpu else rss.increase
-        extra = {}
+        extra = {"segment_seconds": seconds}
     result = {
         "side": args.probe, "frames": int(len(frames)), "peak_bytes": int(peak), "output_bytes": int(out_bytes),
         "working_bytes": int(peak - (0 if gpu else out_bytes)), "input_bytes": int(frames.nbytes),
@@ -270,9 +262,7 @@ def shape_check(cfg, args) -> dict[str, Any]:
     }
 
 
-def _device_name() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()} ({os.cpu_count()} host cores)"
+_device_name = common.device_name
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -365,6 +355,7 @@ def measure(cfg, args) -> dict[str, Any]:
         result["split_max_difference_points"] = max(
             abs(result["reference_split"][k] - result["glus_s_reference_split"][k]) for k in ("clip", "llm", "sam2"))
     result["calibration"] = setup["calibration"]
+    result["load_average_1_5_15min"] = list(os.getloadavg())  # the CPU is shared: how busy it was
 
     if args.quick:  # no subprocess probes: the in-process peak (allocator reuse makes it a lower bound)
         out_bytes = res.masks.nbytes + res.low_res_logits.nbytes + res.iou.nbytes + res.object_score.nbytes
@@ -383,13 +374,50 @@ def measure(cfg, args) -> dict[str, Any]:
         result["reference_peak_memory_bytes"] = probes["reference"]["peak_bytes"]
         result["reference_working_memory_bytes"] = probes["reference"]["working_bytes"]
     if args.memory_frames:
-        long_video = common.write_video(common.synthetic_frames(args.memory_frames, cfg.frame_size, args.seed),
-                                        workdir / f"video{args.memory_frames}")
-        probes[f"ours_{args.memory_frames}"] = p = _probe("ours", cfg.name, workdir, long_video, device)
-        result[f"peak_memory_bytes_{args.memory_frames}_frames"] = p["peak_bytes"]
-        result[f"working_memory_bytes_{args.memory_frames}_frames"] = p["working_bytes"]
-        result["working_memory_ratio"] = p["working_bytes"] / probes["ours"]["working_bytes"]
+        _long_video_probe(cfg, args, workdir, probes, result)
     result["memory_probes"] = probes
+    return _finish(result, workdir, args)
+
+
+def _long_video_probe(cfg, args, workdir: Path, probes: dict, result: dict) -> None:
+    """Ours on a `--memory-frames` video in a fresh process: its peak and working memory, and their
+    ratios to the `--frames` video's (issue #9: independent of the video length)."""
+    n = args.memory_frames
+    long_video = common.write_video(common.synthetic_frames(n, cfg.frame_size, args.seed), workdir / f"video{n}")
+    probes[f"ours_{n}"] = p = _probe("ours", cfg.name, workdir, long_video, args.device)
+    result[f"peak_memory_bytes_{n}_frames"] = p["peak_bytes"]
+    result[f"working_memory_bytes_{n}_frames"] = p["working_bytes"]
+    result["working_memory_ratio"] = p["working_bytes"] / probes["ours"]["working_bytes"]
+    result["peak_memory_ratio"] = p["peak_bytes"] / probes["ours"]["peak_bytes"]
+
+
+def memory_only(cfg, args) -> dict[str, Any]:
+    """`--memory-only`: ours' memory probes alone (no reference run, no FLOP count): peak and working
+    memory of `segment` on the `--frames` video and on the `--memory-frames` one, each in a fresh
+    process whose compiled programs come from the persistent cache this process fills."""
+    from glus_jax.inference.pipeline import GLUSPipeline
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"glus_mem_{cfg.name}_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir / "jax_cache", ignore_errors=True)
+    _enable_compile_cache(workdir)
+    setup = prepare(cfg, workdir, args.frames, seed=args.seed, device=args.device)
+    model, tok = common.load_ours(setup["ckpt"], cfg)
+    with common.CompileTimer() as ct:
+        _, first_s = run_ours(GLUSPipeline(model, tok), setup["video"])
+    del model
+    probes = {"ours": _probe("ours", cfg.name, workdir, setup["video"], args.device)}
+    result: dict[str, Any] = {
+        "config": cfg.name, "mode": "memory only (ours)", "frames": args.frames, "memory_frames": args.memory_frames,
+        "frame_size": list(cfg.frame_size), "dtype": cfg.dtype, "device": common.device_name(),
+        "compile_seconds": ct.seconds, "ours_first_run_seconds": first_s,
+        "peak_memory_bytes": probes["ours"]["peak_bytes"], "working_memory_bytes": probes["ours"]["working_bytes"],
+    }
+    if args.memory_frames:
+        _long_video_probe(cfg, args, workdir, probes, result)
+    result["ours_fps_by_frames"] = {p["frames"]: p["frames"] / p["segment_seconds"] for p in probes.values()}
+    result["memory_probes"] = probes
+    result["load_average_1_5_15min"] = list(os.getloadavg())
     return _finish(result, workdir, args)
 
 
@@ -435,6 +463,7 @@ def print_table(r: dict[str, Any]) -> None:
         ]
         if "working_memory_ratio" in r:
             rows.append(("working memory long video / this video", f"{r['working_memory_ratio']:.3f}"))
+            rows.append(("peak memory long video / this video", f"{r['peak_memory_ratio']:.3f}"))
     rows += [
         ("GFLOPs/frame ours | reference", f"{r['ours_flops_per_frame'] / gb:.2f} | {r['reference_flops_per_frame'] / gb:.2f}"),
         ("FLOP-bound frames/s ours | reference", f"{r['ours_flop_bound_fps']:.3f} | {r['reference_flop_bound_fps']:.3f}"),
@@ -448,6 +477,20 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{k:<{width}}  {_fmt(v)}")
 
 
+def print_memory_table(r: dict[str, Any]) -> None:
+    rows = [("config", r["config"]), ("device", r["device"])]
+    for p in r["memory_probes"].values():
+        rows.append((f"ours, {p['frames']} frames: peak | working memory (MB) | frames/s",
+                     f"{p['peak_bytes'] / 1e6:.0f} | {p['working_bytes'] / 1e6:.0f} | "
+                     f"{p['frames'] / p['segment_seconds']:.3f}"))
+    if "working_memory_ratio" in r:
+        rows.append((f"{r['memory_frames']} / {r['frames']} frames: peak | working ratio",
+                     f"{r['peak_memory_ratio']:.3f} | {r['working_memory_ratio']:.3f}"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {_fmt(v)}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="small", choices=sorted(bench_configs.CONFIGS))
@@ -456,6 +499,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each side (median reported)")
     p.add_argument("--memory-frames", type=int, default=None, help="also probe ours' memory on this many frames")
     p.add_argument("--skip-reference-memory", action="store_true")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only ours' memory probes (--frames and --memory-frames videos), no reference run")
     p.add_argument("--quick", action="store_true",
                    help="no memory subprocesses (in-process peak only) and no GLUS-S split (smoke test)")
     p.add_argument("--torch-flops", action="store_true", help="also count the reference with torch FlopCounterMode")
@@ -479,8 +524,11 @@ def main(argv=None) -> int:
     else:
         if cfg.dtype == "float32":
             jax.config.update("jax_default_matmul_precision", "highest")  # as the parity tests: exact f32
-        result = measure(cfg, args)
-    print_table(result)
+        result = memory_only(cfg, args) if args.memory_only else measure(cfg, args)
+    if args.memory_only:
+        print_memory_table(result)
+    else:
+        print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))
     return 0
