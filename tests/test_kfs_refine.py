@@ -287,36 +287,10 @@ def test_select_key_frames_cli_round_trip(model_dir, world, video, tmp_path, mon
 
 
 def test_select_key_frames_cli_errors(model_dir, world, tmp_path):
+    argv = ["select-key-frames", "--model", str(model_dir), "--dataset", str(world), "--split", "valid_u",
+            "--out", str(tmp_path / "s.json")]
     with pytest.raises(SystemExit, match="needs --selector"):
-        cli.main(
-            [
-                "select-key-frames",
-                "--model",
-                str(model_dir),
-                "--dataset",
-                str(world),
-                "--split",
-                "valid_u",
-                "--out",
-                str(tmp_path / "s.json"),
-                "--method",
-                "selector",
-            ]
-        )
+        cli.main([*argv, "--method", "selector"])
     with pytest.raises(Exception, match="absent"):
-        cli.main(
-            [
-                "select-key-frames",
-                "--model",
-                str(model_dir),
-                "--dataset",
-                str(world),
-                "--split",
-                "valid_u",
-                "--out",
-                str(tmp_path / "s.json"),
-                "--selector",
-                str(tmp_path / "absent"),
-            ]
-        )
+        cli.main([*argv, "--selector", str(tmp_path / "absent")])
     assert not Path(tmp_path / "s.json").exists()
