@@ -94,7 +94,8 @@ def _sam_forward_padded_bank(model, sam_pixels, seg_embeds, seg_ok, stride):
         def frame(bank, xs):
             px, t_emb, fid = xs
             sam = nnx.merge(graph, jax.tree.map(lambda x: x, state))
-            bank, out = glus_lib.frame_step(sam, bank, px, t_emb, ok, fid, stride=stride, training=True)
+            feats = sam.encode_image(px[None])
+            bank, out = glus_lib.frame_step_features(sam, bank, feats, t_emb, ok, fid, stride=stride, training=True)
             return bank, out.low_res_logits
 
         bank = glus_lib.init_bank(cfg, e, stride)

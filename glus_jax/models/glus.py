@@ -129,36 +129,6 @@ class FrameOutput(NamedTuple):
 BLANK_LOGIT = -1e4  # a frame without [SEG] gets an all-background mask (the reference's blank mask)
 
 
-def frame_step(
-    sam: SAM2Model,
-    bank: mb.MemoryBank,
-    pixels: jax.Array,
-    text_embeds: jax.Array,
-    seg_ok: jax.Array,
-    frame_id: jax.Array,
-    *,
-    stride: int | jax.Array,
-    training: bool = False,
-    freeze_memory: bool = True,
-    dropout_rng: jax.Array | None = None,
-    image_grad: bool = False,
-) -> tuple[mb.MemoryBank, FrameOutput]:
-    """One query frame of GLUS for E expressions that share the frame (each has its own bank).
-
-    pixels [S, S, 3] (SAM2 preprocessed), text_embeds [E, C] (projected [SEG] states), seg_ok [E]
-    (False: the LLM did not emit [SEG]: blank mask and no memory, as the reference's fallback),
-    frame_id: position of the frame in the clip (bank cleared at 0; memory selection by stride).
-    bank: batch shape (E,) per slot entry, i.e. features [slots, E, HW, C_mem].
-    """
-    feats = sam.encode_image(pixels[None])
-    if freeze_memory and not image_grad:  # GLUS runs the image encoder and memory under no_grad
-        feats = jax.tree.map(jax.lax.stop_gradient, feats)
-    return frame_step_features(
-        sam, bank, feats, text_embeds, seg_ok, frame_id, stride=stride, training=training,
-        freeze_memory=freeze_memory, dropout_rng=dropout_rng, image_grad=image_grad,
-    )
-
-
 def frame_step_features(
     sam: SAM2Model,
     bank: mb.MemoryBank,
@@ -175,8 +145,15 @@ def frame_step_features(
     image_grad: bool = False,
     memory_frames: int | None = None,
 ) -> tuple[mb.MemoryBank, FrameOutput]:
-    """`frame_step` on the frame's image features (`sam.encode_image` of one frame, batch 1), for a
-    caller that runs the image trunk separately (inference batches it over a chunk of frames).
+    """One query frame of GLUS for E expressions that share the frame (each has its own bank), from
+    the frame's image features (`sam.encode_image` of one frame, batch 1): callers run the image trunk
+    themselves, batched over frames (inference: a chunk; training: a sample's query frames).
+
+    text_embeds [E, C] (projected [SEG] states), seg_ok [E] (False: the LLM did not emit [SEG]: blank
+    mask and no memory, as the reference's fallback), frame_id: position of the frame in the clip (bank
+    cleared at 0; memory selection by stride). bank: batch shape (E,) per slot entry, i.e. features
+    [slots, E, HW, C_mem]. With freeze_memory the memories are stored under stop-gradient (GLUS runs
+    memory under no_grad), and so is the attended image embedding unless image_grad.
 
     compact_memory: attend only to the memory frames present, as the reference does (`lax.switch`
     over the count, one compiled branch per count), instead of to every slot of the padded bank
