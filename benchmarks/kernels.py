@@ -7,13 +7,16 @@ Each kernel is timed as the best of `--repeats` runs after a warm-up (JAX: jitte
 shapes (docs/PERFORMANCE.md, "What limits speed now"):
 - `matmul_llm`: [3136, 512] x [512, 1376], the `small` LLM's MLP projection over one batch of 8
   question windows; `matmul_2048`: the square matmul the FLOP-bound rate is measured with.
-- `patch_embed_448` / `patch_embed_1024`: hiera's 7x7 stride-4 convolution from RGB (3 -> 24 channels
-  at 448 px for `small`, 3 -> 16 at 1024 px for `tiny`).
-- `depthwise_7x7`: the memory encoder fuser's CXBlock depthwise convolution (28 x 28 x 64, `small`).
+- `patch_embed_448` / `patch_embed_1024`: hiera's 7x7 stride-4 convolution from RGB (3 -> 64 channels
+  at 448 px for `small`, 3 -> 16 at 1024 px for `tiny`), `lax.conv_general_dilated` as the model runs it.
+- `depthwise_7x7`: the memory encoder fuser's CXBlock depthwise convolution (28 x 28 x 128, `small`):
+  the model's shifted-sum `depthwise_conv2d`, with XLA's grouped convolution beside it.
 - `memory_attention_small` / `memory_attention_tiny`: one memory-attention cross-attention, one 64-wide
-  head: 784 queries over 7 x 784 memory tokens (`small`), 4096 over 7 x 4096 (`tiny`), with
-  `glus_jax.layers.dot_product_attention` (and `jax.nn.dot_product_attention`) against PyTorch's
-  `scaled_dot_product_attention`.
+  head: 784 queries over 7 x 784 memory tokens (`small`), 4096 over 7 x 4096 (`tiny`);
+  `hiera_global_small` / `hiera_global_tiny`: a global hiera block's self-attention (784 tokens x 4
+  heads of 64, 4096 tokens x 4 heads of 16). Ours is `glus_jax.layers.dot_product_attention` tiled as
+  the model calls it (`block=tile_for(...)`), beside the unfused path and `jax.nn.dot_product_attention`,
+  against PyTorch's `scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -53,18 +56,20 @@ def _cases(rng):
         flops = 2 * (size // stride) ** 2 * cout * k * k * (cin // groups)
         return {"x": x, "w": w, "stride": stride, "pad": k // 2, "groups": groups, "flops": flops}
 
-    def attn_case(tq, tk, d=64):
-        q, k, v = randn(1, tq, 1, d), randn(1, tk, 1, d), randn(1, tk, 1, d)
-        return {"q": q, "k": k, "v": v, "flops": 4 * tq * tk * d}
+    def attn_case(tq, tk, d=64, heads=1):
+        q, k, v = randn(1, tq, heads, d), randn(1, tk, heads, d), randn(1, tk, heads, d)
+        return {"q": q, "k": k, "v": v, "flops": 4 * tq * tk * d * heads}
 
     return {
         "matmul_llm": {"a": randn(3136, 512), "b": randn(512, 1376), "flops": 2 * 3136 * 512 * 1376},
         "matmul_2048": {"a": randn(2048, 2048), "b": randn(2048, 2048), "flops": 2 * 2048**3},
-        "patch_embed_448": conv_case(448, 3, 24, 7, 4),
+        "patch_embed_448": conv_case(448, 3, 64, 7, 4),
         "patch_embed_1024": conv_case(1024, 3, 16, 7, 4),
-        "depthwise_7x7": conv_case(28, 64, 64, 7, 1, groups=64),
+        "depthwise_7x7": conv_case(28, 128, 128, 7, 1, groups=128),
         "memory_attention_small": attn_case(784, 7 * 784),
         "memory_attention_tiny": attn_case(4096, 7 * 4096),
+        "hiera_global_small": attn_case(784, 784, 64, heads=4),
+        "hiera_global_tiny": attn_case(4096, 4096, 16, heads=4),
     }
 
 
@@ -72,6 +77,8 @@ def run(repeats: int, torch_threads: int | None) -> dict:
     import torch
 
     from glus_jax.layers import dot_product_attention
+    from glus_jax.layers.attention import tile_for
+    from glus_jax.models.sam2.sam2_utils import depthwise_conv2d
 
     torch.set_num_threads(torch_threads or os.cpu_count())
     cases = _cases(np.random.default_rng(0))
@@ -89,7 +96,13 @@ def run(repeats: int, torch_threads: int | None) -> dict:
             f = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
                 x, w, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=g))
-            row["xla_s"] = _best(lambda: f(x, w).block_until_ready(), repeats)
+            conv_s = _best(lambda: f(x, w).block_until_ready(), repeats)
+            if g > 1:  # the model's depthwise path; XLA's grouped convolution kept for comparison
+                d = jax.jit(lambda x, w: depthwise_conv2d(x, w, None, p))
+                row["xla_s"] = _best(lambda: d(x, w).block_until_ready(), repeats)
+                row["xla_lax_conv_s"] = conv_s
+            else:
+                row["xla_s"] = conv_s
             tx = torch.from_numpy(c["x"]).permute(0, 3, 1, 2).contiguous()
             tw = torch.from_numpy(c["w"]).permute(3, 2, 0, 1).contiguous()
             with torch.inference_mode():
@@ -97,8 +110,11 @@ def run(repeats: int, torch_threads: int | None) -> dict:
                 row["torch_s"] = _best(lambda: conv(tx, tw, stride=s, padding=p, groups=g), repeats)
         else:
             q, k, v = (jnp.asarray(c[n]) for n in "qkv")
-            f = jax.jit(lambda q, k, v: dot_product_attention(q, k, v))
+            block = tile_for(q.shape[0], q.shape[2])
+            f = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, block=block))
             row["xla_s"] = _best(lambda: f(q, k, v).block_until_ready(), repeats)
+            u = jax.jit(lambda q, k, v: dot_product_attention(q, k, v))
+            row["xla_unfused_s"] = _best(lambda: u(q, k, v).block_until_ready(), repeats)
             g = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v))
             row["xla_jax_nn_s"] = _best(lambda: g(q, k, v).block_until_ready(), repeats)
             tq, tk, tv = (torch.from_numpy(c[n]).permute(0, 2, 1, 3).contiguous() for n in "qkv")
@@ -116,6 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--torch-threads", type=int, default=None)
     args = p.parse_args(argv)
+    jax.config.update("jax_default_matmul_precision", "highest")  # as benchmarks/inference.py runs the model
     kernels = run(args.repeats, args.torch_threads)
     result = {"device": common.device_name(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "load_average_1_5_15min": list(os.getloadavg()), "kernels": kernels}
@@ -125,8 +142,10 @@ def main(argv=None) -> int:
     for name, r in kernels.items():
         print(f"{name:<24}{1e3 * r['xla_s']:>10.2f}{1e3 * r['torch_s']:>10.2f}{r['xla_over_torch']:>11.2f}"
               f"{r['flops'] / r['xla_s'] / 1e9:>13.1f}{r['flops'] / r['torch_s'] / 1e9:>15.1f}")
-        if "xla_jax_nn_s" in r:
-            print(f"{'  jax.nn.dot_product_attention':<34}{1e3 * r['xla_jax_nn_s']:>10.2f} ms")
+        for key, label in (("xla_unfused_s", "unfused"), ("xla_jax_nn_s", "jax.nn.dot_product_attention"),
+                           ("xla_lax_conv_s", "lax grouped convolution")):
+            if key in r:
+                print(f"{'  ' + label:<24}{1e3 * r[key]:>10.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from glus_jax.layers import LayerNorm, Linear, dot_product_attention
+from glus_jax.layers.attention import tile_for
 from glus_jax.models.sam2.config import HieraConfig
 from glus_jax.models.sam2.sam2_utils import MLP, compute_dtype, conv2d, gelu
 from glus_jax.models.sam2.transforms import resize_weights
@@ -138,10 +139,11 @@ class MultiScaleAttention(nnx.Module):
             q = max_pool(q.reshape(n, h, w, -1), self.q_stride)
             q = q.reshape(*q.shape[:3], self.num_heads, -1)
         hq, wq = q.shape[1:3]
-        out = dot_product_attention(
+        out = dot_product_attention(  # tiled when global (a whole map of tokens), plain in windows
             q.reshape(n, hq * wq, self.num_heads, -1),
             k.reshape(n, h * w, self.num_heads, -1),
             v.reshape(n, h * w, self.num_heads, -1),
+            block=tile_for(n, self.num_heads),
         )
         return self.proj(out.reshape(n, hq, wq, -1))
 

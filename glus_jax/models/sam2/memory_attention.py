@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glus_jax.layers import LayerNorm, Linear
+from glus_jax.layers import LayerNorm, Linear, dot_product_attention
+from glus_jax.layers.attention import tile_for
 from glus_jax.models.sam2.sam2_utils import compute_dtype
 
 # ----------------------------------------------------------------------------- config
@@ -107,15 +108,17 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def _attend(q, k, v, *, mask, dropout_rate, dropout_rng):
     """softmax(q k^T / sqrt(d) + mask) v over [B, T, H, D]; softmax in float32; dropout on the
-    probabilities as F.scaled_dot_product_attention does in training."""
+    probabilities as F.scaled_dot_product_attention does in training. Without dropout it runs in tiles
+    (`dot_product_attention(block=...)`): the memory keys are up to 7 frames of the query map."""
+    if dropout_rng is None or dropout_rate <= 0.0:
+        return dot_product_attention(q, k, v, mask=mask, block=tile_for(q.shape[0], q.shape[2]))
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
 
 

@@ -25,7 +25,7 @@ from flax import nnx
 
 from glus_jax.layers import Linear
 from glus_jax.models.sam2.position_encoding import PositionEmbeddingSine
-from glus_jax.models.sam2.sam2_utils import LayerNorm2d, compute_dtype, conv2d, gelu
+from glus_jax.models.sam2.sam2_utils import LayerNorm2d, compute_dtype, conv2d, depthwise_conv2d, gelu
 from glus_jax.models.sam2.transforms import postprocess_masks
 from glus_jax.sharding import with_axes
 
@@ -167,6 +167,7 @@ class CXBlock(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
+        self.padding = cfg.fuser_padding
         self.norm = LayerNorm2d(dim, eps=1e-6)
         self.pwconv1 = Linear(dim, 4 * dim, axes=("sam_embed", "sam_mlp"), dtype=dtype, rngs=rngs)
         self.pwconv2 = Linear(4 * dim, dim, axes=("sam_mlp", "sam_embed"), dtype=dtype, rngs=rngs)
@@ -181,7 +182,12 @@ class CXBlock(nnx.Module):
         )
 
     def __call__(self, x):
-        y = self.pwconv2(gelu(self.pwconv1(self.norm(self.dwconv(x)))))
+        if self.dwconv.feature_group_count > 1:
+            conv = self.dwconv
+            y = depthwise_conv2d(x, conv.kernel[...], conv.bias[...], self.padding)
+        else:
+            y = self.dwconv(x)
+        y = self.pwconv2(gelu(self.pwconv1(self.norm(y))))
         if self.gamma is not None:
             y = self.gamma[...].astype(y.dtype) * y
         return x + y

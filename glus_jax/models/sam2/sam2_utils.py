@@ -118,6 +118,22 @@ def conv2d(
     )
 
 
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, padding: int) -> jax.Array:
+    """Depthwise nn.Conv2d (groups = channels, stride 1) on NHWC `x` with kernel [k, k, 1, C] (the
+    layout of :func:`conv2d`'s kernel), as a sum of k*k shifted, scaled copies: one fused elementwise
+    loop. XLA:CPU's grouped convolution is 20-30x slower than this at the memory encoder's shapes
+    (benchmarks/kernels.py); on accelerators both are memory-bound alike."""
+    kernel = kernel.astype(x.dtype)
+    k = kernel.shape[0]
+    h_out = x.shape[1] + 2 * padding - k + 1
+    w_out = x.shape[2] + 2 * padding - k + 1
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    out = sum(
+        xp[:, dy : dy + h_out, dx : dx + w_out, :] * kernel[dy, dx, 0] for dy in range(k) for dx in range(k)
+    )
+    return out if bias is None else out + bias.astype(x.dtype)
+
+
 def conv_transpose2d(
     in_features: int,
     out_features: int,
