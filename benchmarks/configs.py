@@ -270,30 +270,32 @@ TINY = BenchConfig(
     description="the oracle's GLUS-tiny architecture (LLaMA 64x2, CLIP 32x2, tiny hiera at 1024 px)",
 )
 
-# CPU proxy of GLUS-S: LLaMA 512 wide x 5 layers, CLIP 160 wide x 2 layers, SAM2 at 448 px (hiera-t depths at
-# width 24, a 28x28 feature map: memory attention over up to 7 x 784 tokens, 2 layers). Reference algorithm,
-# 64 frames: about 39 GFLOPs per frame, split CLIP 9 % / LLM 70 % / SAM2 20 % (GLUS-S: 10 / 71 / 19).
+# CPU proxy of GLUS-S: LLaMA 1024 wide x 6 layers, CLIP 320 wide x 3 layers, SAM2 at 448 px (hiera-t-like depths
+# (1, 2, 9, 2) at width 64, a 28x28 feature map: memory attention (128 wide) over up to 7 x 784 tokens, 2
+# layers). Reference algorithm, 64 frames: about 168 GFLOPs per frame, split CLIP 11 % / LLM 70 % / SAM2 19 %
+# (GLUS-S: 10 / 71 / 19), so that the reference's 64-frame run takes over a minute on 2 idle cores. (The hiera
+# width is a multiple of 16: XLA:CPU's patch-embedding convolution is 10x slower at widths like 24.)
 SMALL = BenchConfig(
     name="small",
-    hidden_size=512,
-    intermediate_size=1376,
-    num_hidden_layers=5,
-    num_attention_heads=8,
-    clip_hidden=160,
-    clip_mlp=640,
-    clip_layers=2,
-    clip_heads=2,
+    hidden_size=1024,
+    intermediate_size=2752,
+    num_hidden_layers=6,
+    num_attention_heads=16,
+    clip_hidden=320,
+    clip_mlp=1280,
+    clip_layers=3,
+    clip_heads=4,
     sam2=SAM2Sizes(
         image_size=448,
-        embed_dim=24,
+        embed_dim=64,
         num_heads=1,
-        stages=(1, 2, 7, 2),
+        stages=(1, 2, 9, 2),
         global_att_blocks=(5, 7, 9),
         window_spec=(8, 4, 14, 7),
-        d_model=64,
+        d_model=128,
         memory_layers=2,
-        memory_ffn=512,
-        mem_dim=32,
+        memory_ffn=1024,
+        mem_dim=64,
     ),
     frame_size=(240, 320),
     description="CPU proxy of GLUS-S (same FLOP split between CLIP, LLM and SAM2 in the reference)",

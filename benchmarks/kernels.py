@@ -5,7 +5,7 @@ same device, float32, same shapes as the `small` and `tiny` benchmark configs.
 
 Each kernel is timed as the best of `--repeats` runs after a warm-up (JAX: jitted, until ready). The
 shapes (docs/PERFORMANCE.md, "What limits speed now"):
-- `matmul_llm`: [3136, 512] x [512, 1376], the `small` LLM's MLP projection over one batch of 8
+- `matmul_llm`: [3136, 1024] x [1024, 2752], the `small` LLM's MLP projection over one batch of 8
   question windows; `matmul_2048`: the square matmul the FLOP-bound rate is measured with.
 - `patch_embed_448` / `patch_embed_1024`: hiera's 7x7 stride-4 convolution from RGB (3 -> 64 channels
   at 448 px for `small`, 3 -> 16 at 1024 px for `tiny`), `lax.conv_general_dilated` as the model runs it.
@@ -61,7 +61,7 @@ def _cases(rng):
         return {"q": q, "k": k, "v": v, "flops": 4 * tq * tk * d * heads}
 
     return {
-        "matmul_llm": {"a": randn(3136, 512), "b": randn(512, 1376), "flops": 2 * 3136 * 512 * 1376},
+        "matmul_llm": {"a": randn(3136, 1024), "b": randn(1024, 2752), "flops": 2 * 3136 * 1024 * 2752},
         "matmul_2048": {"a": randn(2048, 2048), "b": randn(2048, 2048), "flops": 2 * 2048**3},
         "patch_embed_448": conv_case(448, 3, 64, 7, 4),
         "patch_embed_1024": conv_case(1024, 3, 16, 7, 4),
