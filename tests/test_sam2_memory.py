@@ -264,6 +264,31 @@ def test_memory_attention_padded_bank_equals_unpadded():
     assert rel_err(unmasked, ref) > 1e-2
 
 
+def test_memory_attention_tiled_matches_torch(monkeypatch):
+    """The flash-style tiled path (used at inference when the memory is long) with tiles that split
+    neither the 25 queries nor the 7 x 25 padded bank evenly: equals the PyTorch reference."""
+    cfg = TINY_ATTN
+    tm, model = build_attention_pair(cfg)
+    rng = np.random.default_rng(5)
+    hw, slots, present = 25, 7, [0, 2, 6]
+    curr, mem, cpos, mpos = attention_inputs(rng, 2, hw, len(present) * hw, cfg)
+    ref = run_torch_attention(tm, curr, mem, cpos, mpos)
+    pad_mem = rng.normal(size=(2, slots * hw, cfg.kv_in_dim)).astype(np.float32) * 50
+    pad_pos = rng.normal(size=(2, slots * hw, cfg.kv_in_dim)).astype(np.float32) * 50
+    mask = np.zeros(slots * hw, bool)
+    for i, s in enumerate(present):
+        pad_mem[:, s * hw : (s + 1) * hw] = mem[:, i * hw : (i + 1) * hw]
+        pad_pos[:, s * hw : (s + 1) * hw] = mpos[:, i * hw : (i + 1) * hw]
+        mask[s * hw : (s + 1) * hw] = True
+    tiles = []
+    monkeypatch.setattr(ma, "tile_for", lambda b, h: tiles.append((b, h)) or 10)  # 25 -> 3 blocks of 9
+    # Eager (not the cached apply_attention): the patched tile size must be traced.
+    out = model(jnp.asarray(curr), jnp.asarray(pad_mem), jnp.asarray(cpos), jnp.asarray(pad_pos),
+                memory_mask=jnp.asarray(mask)[None])
+    assert tiles, "the tiled path was not taken"
+    assert rel_err(out, ref) <= 1e-5
+
+
 def test_memory_attention_non_square_map():
     """A 3x5 map: the RoPE grid follows feat_size; equals torch's RoPE math built for that grid."""
     cfg = TINY_ATTN
