@@ -229,6 +229,20 @@ def test_memory_attention_parity_multi_frame(cfg):
     assert rel_err(out, ref) <= 1e-5
 
 
+def padded_bank(rng, mem, mpos, hw, slots, present):
+    """The memories / positions of len(present) frames placed in `slots` slots of hw tokens (the
+    others garbage) and the validity mask [slots * hw]."""
+    b, _, c = mem.shape
+    pad_mem = rng.normal(size=(b, slots * hw, c)).astype(np.float32) * 50
+    pad_pos = rng.normal(size=(b, slots * hw, c)).astype(np.float32) * 50
+    mask = np.zeros(slots * hw, bool)
+    for i, s in enumerate(present):
+        pad_mem[:, s * hw : (s + 1) * hw] = mem[:, i * hw : (i + 1) * hw]
+        pad_pos[:, s * hw : (s + 1) * hw] = mpos[:, i * hw : (i + 1) * hw]
+        mask[s * hw : (s + 1) * hw] = True
+    return pad_mem, pad_pos, mask
+
+
 def test_memory_attention_padded_bank_equals_unpadded():
     """3 present frames scattered among 7 slots of garbage; masked, equals the unpadded reference."""
     cfg = TINY_ATTN
@@ -237,13 +251,7 @@ def test_memory_attention_padded_bank_equals_unpadded():
     hw, slots, present = 25, 7, [1, 4, 5]
     curr, mem, cpos, mpos = attention_inputs(rng, 2, hw, len(present) * hw, cfg)
     ref = run_torch_attention(tm, curr, mem, cpos, mpos)
-    pad_mem = rng.normal(size=(2, slots * hw, cfg.kv_in_dim)).astype(np.float32) * 50
-    pad_pos = rng.normal(size=(2, slots * hw, cfg.kv_in_dim)).astype(np.float32) * 50
-    mask = np.zeros(slots * hw, bool)
-    for i, s in enumerate(present):
-        pad_mem[:, s * hw : (s + 1) * hw] = mem[:, i * hw : (i + 1) * hw]
-        pad_pos[:, s * hw : (s + 1) * hw] = mpos[:, i * hw : (i + 1) * hw]
-        mask[s * hw : (s + 1) * hw] = True
+    pad_mem, pad_pos, mask = padded_bank(rng, mem, mpos, hw, slots, present)
     out = apply_attention(
         model,
         jnp.asarray(curr),
@@ -273,13 +281,7 @@ def test_memory_attention_tiled_matches_torch(monkeypatch):
     hw, slots, present = 25, 7, [0, 2, 6]
     curr, mem, cpos, mpos = attention_inputs(rng, 2, hw, len(present) * hw, cfg)
     ref = run_torch_attention(tm, curr, mem, cpos, mpos)
-    pad_mem = rng.normal(size=(2, slots * hw, cfg.kv_in_dim)).astype(np.float32) * 50
-    pad_pos = rng.normal(size=(2, slots * hw, cfg.kv_in_dim)).astype(np.float32) * 50
-    mask = np.zeros(slots * hw, bool)
-    for i, s in enumerate(present):
-        pad_mem[:, s * hw : (s + 1) * hw] = mem[:, i * hw : (i + 1) * hw]
-        pad_pos[:, s * hw : (s + 1) * hw] = mpos[:, i * hw : (i + 1) * hw]
-        mask[s * hw : (s + 1) * hw] = True
+    pad_mem, pad_pos, mask = padded_bank(rng, mem, mpos, hw, slots, present)
     tiles = []
     monkeypatch.setattr(ma, "tile_for", lambda b, h: tiles.append((b, h)) or 10)  # 25 -> 3 blocks of 9
     # Eager (not the cached apply_attention): the patched tile size must be traced.
