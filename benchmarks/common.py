@@ -688,19 +688,28 @@ def device_name() -> str:
     return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()} ({os.cpu_count()} host cores)"
 
 
+def on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Fastest of `repeats` timed calls of fn (which must wait for its result), after one untimed
+    warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_rate(dtype: str, repeats: int = 5) -> float:
     """Measured FLOP/s of a large square matmul on the default JAX device (best of `repeats`): the rate
     FLOP-bound times and MFU are computed against. bfloat16 on a GPU, else float32 (CPU XLA has no fast
     bfloat16 matmul)."""
-    gpu = jax.default_backend() == "gpu"
-    n = 8192 if gpu else 2048
-    dt = jnp.bfloat16 if dtype == "bfloat16" and gpu else jnp.float32
+    n = 8192 if on_gpu() else 2048
+    dt = jnp.bfloat16 if dtype == "bfloat16" and on_gpu() else jnp.float32
     a = jnp.ones((n, n), dt)
     f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * n**3 / best_seconds(lambda: f(a).block_until_ready(), repeats)

@@ -59,10 +59,6 @@ CONTRACT_KEYS = (
 )
 
 
-def _gpu() -> bool:
-    return jax.default_backend() == "gpu"
-
-
 def _enable_compile_cache(workdir: Path) -> None:
     jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -159,9 +155,6 @@ def instrument_reference(ref) -> dict[str, float]:
     return timings
 
 
-matmul_rate = common.matmul_rate  # the FLOP-bound reference rate (benchmarks/common.py)
-
-
 # ------------------------------------------------------------------------------------ memory probes
 
 
@@ -247,7 +240,7 @@ def shape_check(cfg, args) -> dict[str, Any]:
     ours = log.flops()
     plan = common.reference_plan(tok, model.config, t, common.EXPRESSION)
     ref = common.reference_flops(model, plan, cfg.frame_size)
-    rate = matmul_rate(cfg.dtype)
+    rate = common.matmul_rate(cfg.dtype)
     o, r = sum(ours.values()), sum(ref.values())
     return {
         "config": cfg.name, "mode": "shape check (abstract weights, nothing executed)", "frames": t,
@@ -256,13 +249,10 @@ def shape_check(cfg, args) -> dict[str, Any]:
         "ours_flops_per_frame": o / t, "reference_flops_per_frame": r / t, "flop_ratio": r / o,
         "ours_flops_by_stage": {k: v / t for k, v in ours.items()},
         "reference_flops_by_stage": {k: v / t for k, v in ref.items()}, "reference_split": common.split(ref),
-        "device": _device_name(), "device_matmul_flops_per_s": rate,
+        "device": common.device_name(), "device_matmul_flops_per_s": rate,
         "ours_flop_bound_fps": t / (o / rate), "reference_flop_bound_fps": t / (r / rate),
         "kernel_calls": len(log.calls), "seconds": time.perf_counter() - t0,
     }
-
-
-_device_name = common.device_name
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -332,7 +322,7 @@ def measure(cfg, args) -> dict[str, Any]:
     plan = common.plan_from_reference_run(out, model.config.tokens_per_image)
     refs = common.reference_flops(model, plan, cfg.frame_size)
     o, r = sum(ours.values()), sum(refs.values())
-    rate = matmul_rate(cfg.dtype)
+    rate = common.matmul_rate(cfg.dtype)
     result["xla_buffer_bytes_by_kernel"] = log.buffer_bytes()
     result.update({
         "ours_flops_per_frame": o / t, "reference_flops_per_frame": r / t, "flop_ratio": r / o,
@@ -340,7 +330,7 @@ def measure(cfg, args) -> dict[str, Any]:
         "ours_flops_by_stage": {k: v / t for k, v in ours.items()},
         "reference_flops_by_stage": {k: v / t for k, v in refs.items()},
         "reference_split": common.split(refs),
-        "device": _device_name(), "torch_threads": threads, "device_matmul_flops_per_s": rate,
+        "device": common.device_name(), "torch_threads": threads, "device_matmul_flops_per_s": rate,
         "ours_flop_bound_fps": t / (o / rate), "reference_flop_bound_fps": t / (r / rate),
         "ours_fraction_of_flop_bound": (o / rate) / ours_t, "reference_fraction_of_flop_bound": (r / rate) / ref_t,
     })
@@ -515,11 +505,11 @@ def main(argv=None) -> int:
     p.add_argument("--probe", choices=["ours", "reference"], help=argparse.SUPPRESS)
     p.add_argument("--probe-video", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if _gpu() else "cpu")
+    args.device = args.device or ("cuda" if common.on_gpu() else "cpu")
     if args.probe:
         return probe_main(args)
     cfg = bench_configs.get(args.config)
-    if args.shape_check or (cfg.name == "glus_s" and not _gpu()):
+    if args.shape_check or (cfg.name == "glus_s" and not common.on_gpu()):
         result = shape_check(cfg, args)
     else:
         if cfg.dtype == "float32":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import jax
@@ -32,16 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def _cases(rng):
@@ -88,18 +77,18 @@ def run(repeats: int, torch_threads: int | None) -> dict:
         if name.startswith("matmul"):
             a, b = jnp.asarray(c["a"]), jnp.asarray(c["b"])
             f = jax.jit(jnp.matmul)
-            row["xla_s"] = _best(lambda: f(a, b).block_until_ready(), repeats)
+            row["xla_s"] = common.best_seconds(lambda: f(a, b).block_until_ready(), repeats)
             ta, tb = torch.from_numpy(c["a"]), torch.from_numpy(c["b"])
-            row["torch_s"] = _best(lambda: ta @ tb, repeats)
+            row["torch_s"] = common.best_seconds(lambda: ta @ tb, repeats)
         elif "x" in c:
             x, w, s, p, g = jnp.asarray(c["x"]), jnp.asarray(c["w"]), c["stride"], c["pad"], c["groups"]
             f = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
                 x, w, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=g))
-            conv_s = _best(lambda: f(x, w).block_until_ready(), repeats)
+            conv_s = common.best_seconds(lambda: f(x, w).block_until_ready(), repeats)
             if g > 1:  # the model's depthwise path; XLA's grouped convolution kept for comparison
                 d = jax.jit(lambda x, w: depthwise_conv2d(x, w, None, p))
-                row["xla_s"] = _best(lambda: d(x, w).block_until_ready(), repeats)
+                row["xla_s"] = common.best_seconds(lambda: d(x, w).block_until_ready(), repeats)
                 row["xla_lax_conv_s"] = conv_s
             else:
                 row["xla_s"] = conv_s
@@ -107,20 +96,20 @@ def run(repeats: int, torch_threads: int | None) -> dict:
             tw = torch.from_numpy(c["w"]).permute(3, 2, 0, 1).contiguous()
             with torch.inference_mode():
                 conv = torch.nn.functional.conv2d
-                row["torch_s"] = _best(lambda: conv(tx, tw, stride=s, padding=p, groups=g), repeats)
+                row["torch_s"] = common.best_seconds(lambda: conv(tx, tw, stride=s, padding=p, groups=g), repeats)
         else:
             q, k, v = (jnp.asarray(c[n]) for n in "qkv")
             block = tile_for(q.shape[0], q.shape[2])
             f = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, block=block))
-            row["xla_s"] = _best(lambda: f(q, k, v).block_until_ready(), repeats)
+            row["xla_s"] = common.best_seconds(lambda: f(q, k, v).block_until_ready(), repeats)
             u = jax.jit(lambda q, k, v: dot_product_attention(q, k, v))
-            row["xla_unfused_s"] = _best(lambda: u(q, k, v).block_until_ready(), repeats)
+            row["xla_unfused_s"] = common.best_seconds(lambda: u(q, k, v).block_until_ready(), repeats)
             g = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v))
-            row["xla_jax_nn_s"] = _best(lambda: g(q, k, v).block_until_ready(), repeats)
+            row["xla_jax_nn_s"] = common.best_seconds(lambda: g(q, k, v).block_until_ready(), repeats)
             tq, tk, tv = (torch.from_numpy(c[n]).permute(0, 2, 1, 3).contiguous() for n in "qkv")
             with torch.inference_mode():
                 sdpa = torch.nn.functional.scaled_dot_product_attention
-                row["torch_s"] = _best(lambda: sdpa(tq, tk, tv), repeats)
+                row["torch_s"] = common.best_seconds(lambda: sdpa(tq, tk, tv), repeats)
         row["xla_over_torch"] = row["xla_s"] / row["torch_s"]
         out[name] = row
     return out

@@ -50,10 +50,6 @@ CONFIG_FILES = {"tiny": "configs/tiny.py", "glus_s": "configs/glus_s.py"}
 FRAME_SIZE = (96, 128)  # generated videos (H, W); the mask canvas is this size
 
 
-def _gpu() -> bool:
-    return jax.default_backend() == "gpu"
-
-
 def experiment_config(name: str, data_root: Path, args) -> Any:
     from glus_jax.config import load_experiment_config
 
@@ -140,7 +136,7 @@ def run(args) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     data_root = make_data(workdir / "data", args.videos, args.seed)
     cfg = experiment_config(args.config, data_root, args)
-    shape_check = args.shape_check or (args.config == "glus_s" and not _gpu())
+    shape_check = args.shape_check or (args.config == "glus_s" and not common.on_gpu())
     tokenizer = GLUSTokenizer.from_dir(common.TOKENIZER_DIR, add_glus_tokens=False)
     model = build_model(cfg, tokenizer, abstract=shape_check)
     gcfg = model.config
