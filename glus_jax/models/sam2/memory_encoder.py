@@ -167,7 +167,6 @@ class CXBlock(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        self.padding = cfg.fuser_padding
         self.norm = LayerNorm2d(dim, eps=1e-6)
         self.pwconv1 = Linear(dim, 4 * dim, axes=("sam_embed", "sam_mlp"), dtype=dtype, rngs=rngs)
         self.pwconv2 = Linear(4 * dim, dim, axes=("sam_mlp", "sam_embed"), dtype=dtype, rngs=rngs)
@@ -182,11 +181,12 @@ class CXBlock(nnx.Module):
         )
 
     def __call__(self, x):
-        if self.dwconv.feature_group_count > 1:
-            conv = self.dwconv
-            y = depthwise_conv2d(x, conv.kernel[...], conv.bias[...], self.padding)
+        conv = self.dwconv
+        if conv.feature_group_count > 1:
+            pad = conv.padding[0][0]  # symmetric, as conv2d builds it
+            y = depthwise_conv2d(x, conv.kernel[...], conv.bias[...], pad)
         else:
-            y = self.dwconv(x)
+            y = conv(x)
         y = self.pwconv2(gelu(self.pwconv1(self.norm(y))))
         if self.gamma is not None:
             y = self.gamma[...].astype(y.dtype) * y
