@@ -26,6 +26,8 @@ def dot_product_attention(
     mask: jax.Array | None = None,
     scale: float | None = None,
     block: int | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
     """softmax(q k^T * scale + mask) v with the softmax in float32.
 
@@ -35,18 +37,24 @@ def dot_product_attention(
     softmax (flash-attention style), so the [Tq, Tk] score matrix is never materialised: the same
     result up to float rounding, at a fraction of the memory traffic (:func:`tile_for`: SAM2's memory
     and global attention, which XLA:CPU runs 3-8x slower than PyTorch's fused kernel when unfused).
+    dropout_rate / dropout_rng: dropout on the probabilities, as F.scaled_dot_product_attention does
+    in training (SAM2's memory attention); only on the unfused path, which dropout then selects.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if k.shape[2] != q.shape[2]:
         rep = q.shape[2] // k.shape[2]
         k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-    if block is not None and max(q.shape[1], k.shape[1]) > block:
+    dropout = dropout_rng is not None and dropout_rate > 0.0
+    if block is not None and max(q.shape[1], k.shape[1]) > block and not dropout:
         return _tiled_attention(q, k, v, mask=mask, scale=scale, block=block)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
 
 
 def gelu_exact(x: jax.Array) -> jax.Array:

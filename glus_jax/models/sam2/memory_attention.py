@@ -106,22 +106,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.reshape(x.shape).astype(x.dtype)
 
 
-def _attend(q, k, v, *, mask, dropout_rate, dropout_rng):
-    """softmax(q k^T / sqrt(d) + mask) v over [B, T, H, D]; softmax in float32; dropout on the
-    probabilities as F.scaled_dot_product_attention does in training. Without dropout it runs in tiles
-    (`dot_product_attention(block=...)`): the memory keys are up to 7 frames of the query map."""
-    if dropout_rng is None or dropout_rate <= 0.0:
-        return dot_product_attention(q, k, v, mask=mask, block=tile_for(q.shape[0], q.shape[2]))
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-
-
 def _dropout(x, rate, rng):
     if rng is None or rate <= 0.0:
         return x
@@ -201,7 +185,11 @@ class RoPEAttention(nnx.Module):
             k = jnp.concatenate([apply_rope(k[:, :n_rope], cos_k, sin_k), k[:, n_rope:]], axis=1)
 
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = _attend(q, k, v, mask=mask, dropout_rate=self.dropout, dropout_rng=dropout_rng)
+        # Tiled (the memory keys are up to 7 frames of the query map) unless dropout is on (training).
+        out = dot_product_attention(
+            q, k, v, mask=mask, block=tile_for(b, self.num_heads),
+            dropout_rate=self.dropout, dropout_rng=dropout_rng,
+        )
         return self.out_proj(out.reshape(b, tq, self.num_heads * self.head_dim))
 
 
