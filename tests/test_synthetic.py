@@ -4,6 +4,7 @@ world statistics, atomic writes, the expression-blind baseline and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -341,6 +342,17 @@ def test_world_has_entering_leaving_occlusion_and_motion_variety(mevis_root):
     assert motions == set(syn.MOTIONS)
 
 
+def test_objects_are_referred_to_by_several_expressions(mevis_root):
+    """GLUS's contrastive loss takes its positives from other expressions of the same objects."""
+    meta = json.loads((mevis_root / "train" / "meta_expressions.json").read_text())["videos"]
+    per_video = [[tuple(sorted(e["obj_id"])) for e in v["expressions"].values()] for v in meta.values()]
+    shared = sum(sum(ts.count(t) > 1 for t in ts) for ts in per_video)  # expressions sharing their target
+    assert shared >= 0.5 * sum(map(len, per_video)), shared
+    one = dataclasses.replace(CFG, expressions_per_object=1)
+    singles = [[e.targets for e in syn.make_video(3, "train", i, one).expressions] for i in range(10)]
+    assert sum(sum(ts.count(t) > 1 for t in ts) for ts in singles) < shared / N_VIDEOS * 10
+
+
 def test_splits_are_disjoint(tmp_path, mevis_root):
     syn.generate(tmp_path, "valid", 6, seed=3, config=CFG)  # same seed, other split
     train = json.loads((mevis_root / "train" / "meta_expressions.json").read_text())["videos"]
@@ -409,6 +421,8 @@ def test_bad_config_and_arguments_are_clear_errors(tmp_path):
         syn.WorldConfig(shapes=("circle", "hexagon"))
     with pytest.raises(ValueError, match="min_frames"):
         syn.WorldConfig(min_frames=20, max_frames=10)
+    with pytest.raises(ValueError, match="expressions_per_object"):
+        syn.WorldConfig(expressions_per_object=0)
     with pytest.raises(ValueError, match="format"):
         syn.generate(tmp_path, "train", 1, format="coco")
 

@@ -225,6 +225,9 @@ class WorldConfig:
     min_expressions: int = 3
     max_expressions: int = 6
     p_multi: float = 0.15  # share of multi-object expressions (MeViS layout only)
+    # Expressions per referred object, as in MeViS (several phrasings of one target). GLUS's contrastive
+    # loss takes its positives from them (another expression of the same objects at the same frame).
+    expressions_per_object: int = 2
     kind_weights: dict[str, float] = dataclasses.field(
         default_factory=lambda: {
             "appearance": 1.0,
@@ -269,6 +272,8 @@ class WorldConfig:
                 f"need 1 <= min_expressions <= max_expressions, "
                 f"got {self.min_expressions}, {self.max_expressions}"
             )
+        if self.expressions_per_object < 1:
+            bad(f"expressions_per_object must be >= 1, got {self.expressions_per_object}")
         if self.object_count_draws < 1:
             bad(f"object_count_draws must be >= 1, got {self.object_count_draws}")
         for name in ("p_ambiguous", "p_enter", "p_leave", "p_multi", "early_ambiguous_fraction"):
@@ -948,9 +953,12 @@ def _choose_expressions(rng, cfg: WorldConfig, objects, specs, scenario, multi: 
         target = int(order[cursor % len(order)])
         cursor += 1
         pool = [(q, r) for q, r in singles if r == (target,)]
-        if pool:
+        for _ in range(cfg.expressions_per_object):
+            if not pool or len(chosen) >= k:
+                break
             q, r = pick(pool)
             add([q], r, q.kind)
+            pool = [(p, t) for p, t in pool if p != q]
     if not chosen:
         return None
     cache: dict[int, _Facts] = {T - 1: full}
