@@ -19,6 +19,9 @@ def base_config() -> ConfigDict:
             tokenizer="",
             dtype="bfloat16",  # compute dtype; params stay float32
             remat=True,  # rematerialise LLM blocks in training
+            # Random presets only (train.loop.scale_init): LLaMA q/k and the [SEG] projection's init x these.
+            qk_init_scale=1.0,
+            prompt_init_scale=1.0,
         )
     )
     c.data = ConfigDict(
@@ -70,6 +73,7 @@ def base_config() -> ConfigDict:
             async_checkpoints=True,
             mem_stride=1,
             image_grad=False,  # gradients into SAM2's image encoder and memory path (GLUS: no_grad)
+            ce_trains_llm=True,  # the [SEG] CE trains the LLM below lm_head (ForwardOptions.ce_trains_llm)
             seed=0,
             log_every=10,
             ckpt_every=500,  # 0 = only at the end of a run

@@ -130,3 +130,34 @@ def test_sam_forward_attends_to_present_memories_only(setup_and_batch):
     scale = float(np.abs(ref[np.asarray(ok)]).max())
     np.testing.assert_allclose(new, ref, atol=1e-5 * scale, rtol=0)
     assert (new[~np.asarray(ok)] == glus_lib.BLANK_LOGIT).all()
+
+
+@pytest.mark.parametrize("ce_trains_llm", [True, False])
+def test_seg_ce_trains_the_llm_body_only_when_asked(setup_and_batch, ce_trains_llm):
+    """`train.ce_trains_llm=False` (the synthetic world): the [SEG] CE still trains lm_head, but none of
+    it reaches the LLM below (the state that prompts SAM2)."""
+    s, local = setup_and_batch
+    batch = {k: v[0] for k, v in loop.global_batch(local, s.mesh, s.rules).items()}  # micro-batch 0
+    options = forward_lib.ForwardOptions(ce_trains_llm=ce_trains_llm)
+
+    def ce(params):
+        model = nnx.merge(s.graphdef, *jax.tree.map(lambda x: x, (params, s.state.frozen)))  # this trace level
+        out = forward_lib.forward(model, batch, options=options)
+        logp = jax.nn.log_softmax(out.ce_logits, axis=-1)[..., model.config.seg_token_id]
+        return -jnp.sum(jnp.where(out.seg_found, logp, 0.0)) / jnp.maximum(jnp.sum(out.seg_found), 1)
+
+    grads = _flat(jax.grad(ce)(s.state.params))
+    lm_head = [k for k in grads if k.startswith("llava/llm/lm_head/")]
+    body = [k for k in grads if k.startswith(("llava/llm/model/", "llava/mm_projector/"))]
+    assert lm_head and body
+    assert all(np.abs(grads[k]).max() > 0 for k in lm_head)
+    body_max = max(float(np.abs(grads[k]).max()) for k in body)
+    assert (body_max > 0) == ce_trains_llm, body_max
+
+
+def test_seg_cosine_compares_expressions_of_one_frame():
+    x = jnp.zeros((1, 3, 2, 4)).at[0, 0, :, 0].set(1.0).at[0, 1, :, 0].set(1.0).at[0, 2, :, 1].set(1.0)
+    valid = jnp.ones((1, 3, 2), bool)
+    # pairs (0,1) cos 1, (0,2) and (1,2) cos 0, at both frames
+    assert float(forward_lib.seg_cosine(x, valid)) == pytest.approx(1 / 3)
+    assert float(forward_lib.seg_cosine(x, valid.at[0, 2].set(False))) == pytest.approx(1.0)

@@ -63,12 +63,17 @@ class ForwardOptions:
       the golden test turns them off.
     image_grad: let gradients into SAM2's image encoder and through the memory path (GLUS computes
       them under no_grad; for training SAM2 from scratch, e.g. the synthetic world).
+    ce_trains_llm: let the [SEG] CE loss train the LLM below `lm_head` (GLUS: yes). The CE is read at
+      the very state that prompts SAM2 (Q2) and its target is always [SEG]; in an LLM trained from
+      scratch it pulls that state to one constant for every expression (the prompts collapse), so the
+      synthetic world trains only `lm_head` with it.
     """
 
     mem_stride: int = 1
     lora_dropout: bool = True
     mem_attn_dropout: bool = True
     image_grad: bool = False
+    ce_trains_llm: bool = True
 
 
 class ForwardOutput(NamedTuple):
@@ -95,9 +100,10 @@ def _seg_rows(input_ids: jax.Array, token_pos: jax.Array, seg_token_id: int, q: 
 
 
 def llm_forward(
-    model: GLUS, batch: Batch, *, dropout_rng: jax.Array | None = None
+    model: GLUS, batch: Batch, *, dropout_rng: jax.Array | None = None, ce_trains_llm: bool = True
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(seg_embeds [B, E, Q, C_p], ce_logits [B, E, Q, V], positions [B, E, Q], found [B, E, Q])."""
+    """(seg_embeds [B, E, Q, C_p], ce_logits [B, E, Q, V], positions [B, E, Q], found [B, E, Q]).
+    ce_trains_llm: see `ForwardOptions`."""
     cfg = model.config
     ids = batch["input_ids"]
     b, e, t = ids.shape
@@ -125,7 +131,7 @@ def llm_forward(
     pos, found = _seg_rows(rows, spliced.token_pos, cfg.seg_token_id, q)
     h = jnp.take_along_axis(hidden, pos[..., None], axis=1)  # [B*E, Q, D]
     seg = model.text_hidden_fcs(h).astype(jnp.float32)
-    logits = model.llava.llm.logits(h)
+    logits = model.llava.llm.logits(h if ce_trains_llm else jax.lax.stop_gradient(h))
     found = found & batch["exp_valid"].reshape(b * e)[:, None]
     return (
         seg.reshape(b, e, q, -1),
@@ -223,7 +229,9 @@ def forward(
         lora_key, sam_key = jax.random.split(dropout_rng)
         lora_key = lora_key if options.lora_dropout else None
         sam_key = sam_key if options.mem_attn_dropout else None
-    seg, logits, pos, found = llm_forward(model, batch, dropout_rng=lora_key)
+    seg, logits, pos, found = llm_forward(
+        model, batch, dropout_rng=lora_key, ce_trains_llm=options.ce_trains_llm
+    )
     low = sam_forward(
         model,
         batch["sam_pixels"],
@@ -369,7 +377,21 @@ def forward_and_loss(
     groups_out, groups_batch = split_groups(out, num_groups), split_groups(dict(batch), num_groups)
     loss, metrics, banks = per_group(groups_out, groups_batch, banks, keys)
     metrics = {k: jnp.mean(v.astype(jnp.float32)) for k, v in metrics.items()}
+    metrics["seg_cos"] = seg_cosine(out.seg_embeds, out.seg_found & batch["exp_valid"].astype(bool)[..., None])
     return jnp.mean(loss), metrics, banks, out
+
+
+def seg_cosine(seg_embeds: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean cosine between the [SEG] embeddings [B, E, Q, C] of different expressions of one sample at
+    the same query frame (valid [B, E, Q]). A health metric of grounding: near 1 the prompts do not
+    depend on the expression (a collapsed LLM), so every expression of a video gets the same mask."""
+    x = seg_embeds.astype(jnp.float32)
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    sims = jnp.einsum("beqc,bfqc->bqef", x, x)
+    e = x.shape[1]
+    v = jnp.swapaxes(valid, 1, 2)  # [B, Q, E]
+    pair = v[..., :, None] & v[..., None, :] & (jnp.arange(e)[:, None] < jnp.arange(e)[None, :])
+    return jnp.sum(jnp.where(pair, sims, 0.0)) / jnp.maximum(jnp.sum(pair), 1)
 
 
 def batch_loss(model: GLUS, batch: Batch, banks: contrastive_lib.SegTokenBank, rng: jax.Array, **kwargs):
