@@ -8,7 +8,9 @@ matters: a method that ignores it must score poorly. This writes N held-out vide
 `valid_u`, seed fixed; the world model trains on split `train` with seed 0), predicts every expression of
 each video with each expression-blind baseline of `synthetic.expression_blind_baselines` (they see every
 object's *ground-truth* mask and track, only not the expression: "the largest moving object", "the
-largest object", "all objects"), writes the predictions in the benchmark layout and scores them with our
+largest object", "all objects"), and with the appearance oracle (`synthetic.appearance_oracle_masks`: the
+ground-truth masks of every object of the colour and shape the expression names, i.e. what grounding
+appearance alone can reach), writes the predictions in the benchmark layout and scores them with our
 MeViS evaluator (`glus_jax.eval.evaluate("mevis", ...)`, the J&F of `glus-jax evaluate`).
 
 `--model DIR` also segments the same videos with a GLUS model directory through the command line
@@ -39,6 +41,9 @@ from glus_jax.data import synthetic
 SPLIT = "valid_u"
 SEED = 7  # held-out stream: neither the training data (seed 0) nor the demo video (seed 2025)
 BASELINES = ("largest_moving", "largest", "all_objects")
+# Not blind: every object of the colour and shape the expression names, with ground-truth masks. What
+# appearance alone can reach; the rest needs motion, events, order and position.
+APPEARANCE_ORACLE = "appearance_oracle"
 
 
 def generate_videos(data_root: Path, num_videos: int, seed: int) -> Path:
@@ -53,22 +58,24 @@ def generate_videos(data_root: Path, num_videos: int, seed: int) -> Path:
     return split_dir
 
 
-def write_blind_predictions(data_root: Path, pred_root: Path) -> dict[str, Path]:
-    """For each baseline, pred_root/<baseline>/<video>/<exp_id>/<frame>.png (0/255) for every expression
-    (the same masks for all expressions of a video: the baselines do not read them)."""
+def write_reference_predictions(data_root: Path, pred_root: Path) -> dict[str, Path]:
+    """For each baseline and the appearance oracle, pred_root/<name>/<video>/<exp_id>/<frame>.png (0/255)
+    for every expression (the blind baselines give the same masks to all expressions of a video)."""
     info = synthetic.load_info(data_root / "mevis", SPLIT)
     meta = json.loads((data_root / "mevis" / SPLIT / "meta_expressions.json").read_text())["videos"]
-    out = {name: pred_root / name for name in BASELINES}
+    out = {name: pred_root / name for name in (*BASELINES, APPEARANCE_ORACLE)}
     for video, vd in meta.items():
-        _, masks, centers = synthetic.load_object_masks(data_root / "mevis", SPLIT, video, info)
-        preds = synthetic.expression_blind_baselines(masks, centers)
-        for name in BASELINES:
-            pngs = [Image.fromarray(m.astype(np.uint8) * 255) for m in preds[name]]
-            for exp_id in vd["expressions"]:
+        obj_ids, masks, centers = synthetic.load_object_masks(data_root / "mevis", SPLIT, video, info)
+        objects = info["videos"][video]["objects"]
+        appearances = [(objects[o]["color"], objects[o]["shape"]) for o in obj_ids]
+        blind = synthetic.expression_blind_baselines(masks, centers)
+        for exp_id, e in vd["expressions"].items():
+            preds = {**blind, APPEARANCE_ORACLE: synthetic.appearance_oracle_masks(e["exp"], appearances, masks)}
+            for name, pred in preds.items():
                 d = out[name] / video / exp_id
                 d.mkdir(parents=True, exist_ok=True)
-                for frame, im in zip(vd["frames"], pngs):
-                    im.save(d / f"{frame}.png")
+                for frame, m in zip(vd["frames"], pred):
+                    Image.fromarray(m.astype(np.uint8) * 255).save(d / f"{frame}.png")
     return out
 
 
@@ -90,12 +97,12 @@ def summarize(per_expression: dict[str, list[float]], j: float, f: float, kinds:
     }
 
 
-def evaluate_blind(data_root: Path, pred_root: Path, workers: int | None) -> dict[str, dict]:
+def evaluate_references(data_root: Path, pred_root: Path, workers: int | None) -> dict[str, dict]:
     from glus_jax.eval.evaluators import evaluate
 
     kinds = _kinds(data_root)
     rows = {}
-    for name, pred in write_blind_predictions(data_root, pred_root).items():
+    for name, pred in write_reference_predictions(data_root, pred_root).items():
         r = evaluate("mevis", pred, data_root, SPLIT, workers=workers, progress=False)
         if r.missing:
             raise RuntimeError(f"baseline {name}: {len(r.missing)} expressions without predictions")
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     generate_videos(data_root, args.videos, args.seed)
     meta = json.loads((data_root / "mevis" / SPLIT / "meta_expressions.json").read_text())["videos"]
     n_exp = sum(len(v["expressions"]) for v in meta.values())
-    rows = evaluate_blind(data_root, args.out / "pred", args.workers)
+    rows = evaluate_references(data_root, args.out / "pred", args.workers)
     best = max(BASELINES, key=lambda n: rows[n]["J&F"])
     result = {
         "videos": args.videos, "seed": args.seed, "split": SPLIT, "expressions": n_exp, "rows": rows,

@@ -470,6 +470,29 @@ def test_expression_blind_baselines_score_low(mevis_root):
     )
 
 
+def test_appearance_oracle_covers_the_targets_and_is_exact_when_appearance_suffices(mevis_root):
+    info = syn.load_info(mevis_root, "train")
+    meta = json.loads((mevis_root / "train" / "meta_expressions.json").read_text())["videos"]
+    exact = 0
+    for vid, v in meta.items():
+        ids, masks, _ = syn.load_object_masks(mevis_root, "train", vid, info)
+        objects = info["videos"][vid]["objects"]
+        appearances = [(objects[o]["color"], objects[o]["shape"]) for o in ids]
+        for e_id, e in v["expressions"].items():
+            gt = masks[[ids.index(o) for o in e["obj_id"]]].any(0)
+            pred = syn.appearance_oracle_masks(e["exp"], appearances, masks)
+            assert not (gt & ~pred).any(), e["exp"]  # a target always has the colour and shape it is called by
+            if info["videos"][vid]["expressions"][e_id]["appearance_suffices"]:
+                np.testing.assert_array_equal(pred, gt, err_msg=e["exp"])
+                exact += 1
+    assert exact > 0
+    two = [("red", "circle"), ("blue", "circle"), ("red", "square")]
+    m = np.eye(3, dtype=bool)[:, None, :, None].repeat(2, 1)  # object i = pixel row i, 2 frames
+    assert syn.appearance_oracle_masks("the red shapes", two, m)[0, :, 0].tolist() == [True, False, True]
+    assert syn.appearance_oracle_masks("the circle and the red square", two, m)[0, :, 0].tolist() == [
+        True, True, True]
+
+
 def test_cli_generate_data(tmp_path, capsys):
     rc = cli.main(["generate-data", "--root", str(tmp_path), "--split", "valid", "--videos", "2", "--seed", "4",
                    "--format", "refytvos", "--height", "64", "--width", "80", "--min-frames", "12", "--max-frames", "14"])  # fmt: skip

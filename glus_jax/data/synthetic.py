@@ -1034,6 +1034,25 @@ def expression_blind_baselines(
     }
 
 
+def appearance_oracle_masks(
+    text: str, appearances: Sequence[tuple[str, str]], object_masks: np.ndarray
+) -> np.ndarray:
+    """What grounding colour and shape alone can reach: the union [T, H, W] of the ground-truth masks of
+    every object whose (colour, shape) in `appearances` matches a phrase of `text` (phrases joined by
+    "and"; a phrase naming no colour or no shape matches any). Motion, events, order and position are
+    ignored, so this bounds a model that reads only the appearance words (with perfect masks)."""
+    masks = np.asarray(object_masks, bool)
+    out = np.zeros(masks.shape[1:], bool)
+    for phrase in text.split(" and "):
+        words = phrase.split()
+        colors = [w for w in words if w in COLORS]
+        shapes = [w.removesuffix("s") for w in words if w.removesuffix("s") in SHAPES]
+        for i, (color, shape) in enumerate(appearances):
+            if (not colors or color == colors[0]) and (not shapes or shape == shapes[0]):
+                out |= masks[i]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- writing
 
 
