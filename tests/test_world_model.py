@@ -1,10 +1,11 @@
 """The embedded world model (glus_jax/assets/tiny_world) through `glus-jax demo` on its held-out video.
 
-Floor: the model shipped now was trained for 500 steps with `configs/synthetic.py` and has not learnt to
-ground the expressions (its [SEG] states barely depend on them; see README "The synthetic world"): it
-scores J&F 0.049 on this video, below the expression-blind baselines. The floor (0.03) guards the path
-from the packaged files to the masks (tokenizer, config, weights, preprocessing): an unreadable or
-mismatched model gives blank or random masks and J&F near 0. Raise it with the model."""
+Floor: the model shipped now was trained for 2,400 steps with `configs/synthetic.py` and does not ground
+the expressions yet (README "The synthetic world"): it scores J&F 0.236 on this video and 0.135 on 50
+held-out videos, below the expression-blind baselines. The floor (0.15) guards the path from the packaged
+files to the masks (tokenizer, config, weights, preprocessing): an unreadable or mismatched model gives
+blank or random masks and J&F near 0. Raise it with the model.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import io
 
 from glus_jax import demo
 
-FLOOR = 0.03
+FLOOR = 0.15
 
 
 def test_embedded_model_scores_above_its_floor(tmp_path):
