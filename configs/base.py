@@ -42,6 +42,7 @@ def base_config() -> ConfigDict:
             source="files",  # "files": the released layout under `root`; "tfds": builds under `tfds_dir`
             tfds_dir="",  # `glus-jax prepare-tfds` output directory (data.source = "tfds")
             seed=0,
+            inference_templates=False,  # every round as the inference prompt (sampling.SamplingConfig)
         )
     )
     c.train = ConfigDict(

@@ -213,6 +213,22 @@ def test_texts_and_object_sets(tmp_path):
     assert len(pickle.dumps(s)) < 10_000
 
 
+def test_inference_templates_fix_every_round_and_change_nothing_else(tmp_path):
+    from glus_jax.data import conversation
+
+    datasets = _tiny_datasets(tmp_path)
+    fixed = SamplingConfig(inference_templates=True)
+    for seed in range(20):
+        a = sampling.draw_plan(np.random.default_rng(seed), datasets, [1, 3])
+        b = sampling.draw_plan(np.random.default_rng(seed), datasets, [1, 3], fixed)
+        assert (b.video_index, b.expression_indices) == (a.video_index, a.expression_indices)
+        np.testing.assert_array_equal(b.frame_indices, a.frame_indices)
+        assert set(b.question_templates.ravel()) == {conversation.INFERENCE_QUESTION_TEMPLATE}
+        assert set(b.answer_templates.ravel()) == {conversation.INFERENCE_ANSWER_TEMPLATE}
+    answer = conversation.ANSWER_LIST[conversation.INFERENCE_ANSWER_TEMPLATE]
+    assert answer == conversation.INFERENCE_PAST_ANSWER
+
+
 def test_sample_at_is_deterministic(tmp_path):
     datasets = _tiny_datasets(tmp_path)
     elig = [sampling.eligible_videos(d, CFG) for d in datasets]

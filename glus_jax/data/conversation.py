@@ -61,6 +61,9 @@ INFERENCE_ANSWER_PREFIX = "Sure, the segmentation result is "
 INFERENCE_PAST_ANSWER = "Sure, the segmentation result is [SEG]."
 # What inference_frames appends to the answer prefix when the model did not emit [SEG].
 INFERENCE_FAILED_ANSWER = INFERENCE_ANSWER_PREFIX + "[SEG] ."
+# The templates of inference rounds, as indices into SHORT_QUESTION_LIST / ANSWER_LIST.
+INFERENCE_QUESTION_TEMPLATE = 0
+INFERENCE_ANSWER_TEMPLATE = 3  # ANSWER_LIST[3] == INFERENCE_PAST_ANSWER
 
 
 def llava_v1_prompt(messages: Sequence[tuple[str, str]]) -> str:
@@ -108,7 +111,7 @@ def inference_prompt(
         past_answers = [INFERENCE_PAST_ANSWER] * (num_question_rounds - 1)
     if len(past_answers) != num_question_rounds - 1:
         raise ValueError(f"need {num_question_rounds - 1} past answers, got {len(past_answers)}")
-    question = SHORT_QUESTION_LIST[0].format(class_name=inference_expression(expression))
+    question = SHORT_QUESTION_LIST[INFERENCE_QUESTION_TEMPLATE].format(class_name=inference_expression(expression))
     messages = []
     for k, answer in enumerate([*past_answers, INFERENCE_ANSWER_PREFIX]):
         messages += [(ROLES[0], CONTEXT_INFO_LIST[0] + question if k == 0 else question), (ROLES[1], answer)]

@@ -103,6 +103,7 @@ class PipelineConfig:
     num_workers: int = 0
     num_threads: int = 1
     prefetch: int = 2
+    inference_templates: bool = False  # [data.inference_templates]: see sampling.SamplingConfig
 
     def __post_init__(self):
         for f in (
@@ -134,6 +135,7 @@ class PipelineConfig:
             context_frames=self.context_frames,
             query_frames=self.question_frames,
             max_expressions=self.max_expressions,
+            inference_templates=self.inference_templates,
         )
 
 
@@ -532,6 +534,7 @@ def pipeline_config(config: Any, batch_size: int | None = None) -> PipelineConfi
         num_workers=int(d.num_workers),
         num_threads=int(_get(d, "num_threads", defaults.num_threads)),
         prefetch=int(_get(d, "prefetch", defaults.prefetch)),
+        inference_templates=bool(_get(d, "inference_templates", defaults.inference_templates)),
     )
 
 
