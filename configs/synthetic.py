@@ -19,9 +19,12 @@ measurements behind each):
 - `train.ce_trains_llm=False`: the [SEG] CE, read at the state that prompts SAM2, collapses that state
   to one vector for every expression within ~50 steps; it trains lm_head only;
 - `train.contrastive=False`: GLUS's positives (other expressions of the same objects, same video) and
-  its negatives (mostly other videos) are separated best by a prompt that ignores the expression.
+  its negatives (mostly other videos) are separated best by a prompt that ignores the expression;
+- `data.inference_templates=True`: every round uses the inference prompt's question and answer, so the
+  state before [SEG] always sits on "is" and varies between a clip's expressions only with the expression
+  (with GLUS's random templates it varied with the template instead, and SAM2 learnt to ignore it).
 
-One step (batch 2, 3 expressions each) takes ~0.46 s on 2 idle cores plus ~1 min of compilation, so
+One step (batch 2, 3 expressions each) takes ~0.48 s on 2 idle cores plus ~1 min of compilation, so
 2,400 steps take about 20 minutes.
 """
 
@@ -49,6 +52,7 @@ def get_config():
     c.data.max_expressions = 3
     c.data.num_workers = 0
     c.data.num_threads = 1
+    c.data.inference_templates = True
 
     t = c.train
     t.steps = 2400  # 4,800 clips (x 3 expressions): ~20 min on 2 idle cores
