@@ -58,6 +58,10 @@ def generate_videos(data_root: Path, num_videos: int, seed: int) -> Path:
     return split_dir
 
 
+def _pngs(masks: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(m.astype(np.uint8) * 255) for m in masks]
+
+
 def write_reference_predictions(data_root: Path, pred_root: Path) -> dict[str, Path]:
     """For each baseline and the appearance oracle, pred_root/<name>/<video>/<exp_id>/<frame>.png (0/255)
     for every expression (the blind baselines give the same masks to all expressions of a video)."""
@@ -68,14 +72,14 @@ def write_reference_predictions(data_root: Path, pred_root: Path) -> dict[str, P
         obj_ids, masks, centers = synthetic.load_object_masks(data_root / "mevis", SPLIT, video, info)
         objects = info["videos"][video]["objects"]
         appearances = [(objects[o]["color"], objects[o]["shape"]) for o in obj_ids]
-        blind = synthetic.expression_blind_baselines(masks, centers)
+        blind = {name: _pngs(m) for name, m in synthetic.expression_blind_baselines(masks, centers).items()}
         for exp_id, e in vd["expressions"].items():
-            preds = {**blind, APPEARANCE_ORACLE: synthetic.appearance_oracle_masks(e["exp"], appearances, masks)}
-            for name, pred in preds.items():
+            oracle = _pngs(synthetic.appearance_oracle_masks(e["exp"], appearances, masks))
+            for name, pngs in {**blind, APPEARANCE_ORACLE: oracle}.items():
                 d = out[name] / video / exp_id
                 d.mkdir(parents=True, exist_ok=True)
-                for frame, m in zip(vd["frames"], pred):
-                    Image.fromarray(m.astype(np.uint8) * 255).save(d / f"{frame}.png")
+                for frame, im in zip(vd["frames"], pngs):
+                    im.save(d / f"{frame}.png")
     return out
 
 

@@ -11,7 +11,7 @@ fine-tunes pretrained towers with LoRA, nothing here is pretrained: every tower 
 encoder and memory attention) and LoRA is off. The data are the generator's MeViS-layout videos
 (128 x 128 frames, `data.root`/mevis/train).
 
-Three settings differ from GLUS because nothing is pretrained (README, "The synthetic world", has the
+These settings differ from GLUS because nothing is pretrained (README, "The synthetic world", has the
 measurements behind each):
 - `model.qk_init_scale` / `model.prompt_init_scale` (`train.loop.scale_init`): at the default init the
   LLM attends uniformly over the ~350-token prompt and the [SEG] prompt is 5x smaller than the decoder's

@@ -63,7 +63,7 @@ INFERENCE_PAST_ANSWER = "Sure, the segmentation result is [SEG]."
 INFERENCE_FAILED_ANSWER = INFERENCE_ANSWER_PREFIX + "[SEG] ."
 # The templates of inference rounds, as indices into SHORT_QUESTION_LIST / ANSWER_LIST.
 INFERENCE_QUESTION_TEMPLATE = 0
-INFERENCE_ANSWER_TEMPLATE = 3  # ANSWER_LIST[3] == INFERENCE_PAST_ANSWER
+INFERENCE_ANSWER_TEMPLATE = ANSWER_LIST.index(INFERENCE_PAST_ANSWER)
 
 
 def llava_v1_prompt(messages: Sequence[tuple[str, str]]) -> str:

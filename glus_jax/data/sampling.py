@@ -52,8 +52,9 @@ class SamplingConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            if f.type != "bool" and getattr(self, f.name) < 1:
-                raise ValueError(f"SamplingConfig.{f.name} must be >= 1, got {getattr(self, f.name)}")
+            value = getattr(self, f.name)
+            if not isinstance(value, bool) and value < 1:
+                raise ValueError(f"SamplingConfig.{f.name} must be >= 1, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -377,7 +377,7 @@ def forward_and_loss(
     groups_out, groups_batch = split_groups(out, num_groups), split_groups(dict(batch), num_groups)
     loss, metrics, banks = per_group(groups_out, groups_batch, banks, keys)
     metrics = {k: jnp.mean(v.astype(jnp.float32)) for k, v in metrics.items()}
-    metrics["seg_cos"] = seg_cosine(out.seg_embeds, out.seg_found & batch["exp_valid"].astype(bool)[..., None])
+    metrics["seg_cos"] = seg_cosine(out.seg_embeds, out.seg_found)  # seg_found is False on padded rows
     return jnp.mean(loss), metrics, banks, out
 
 
