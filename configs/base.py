@@ -58,6 +58,7 @@ def base_config() -> ConfigDict:
             ce_weight=1.0,
             bce_weight=2.0,
             dice_weight=0.5,
+            word_weight=0.0,  # not GLUS: the expression-word loss (train.forward.LossOptions.word_weight)
             contrastive=True,
             contrastive_weight=0.1,
             contrastive_tau=0.07,

@@ -216,6 +216,7 @@ def test_batch_shapes_and_content(root, tok):
         "gt_masks": ((2, e, q, hm, wm), np.uint8),
         "orig_size": ((2, 2), np.int32),
         "seg_keys": ((2, e, q, 5), np.int32),
+        "expression_ids": ((2, e, pipeline.MAX_EXPRESSION_TOKENS), np.int32),
         "dataset_id": ((2,), np.int32),
         "sample_index": ((2,), np.int32),
     }
@@ -247,12 +248,17 @@ def test_batch_shapes_and_content(root, tok):
             assert not batch["gt_masks"][b, :, :, h:].any() and not batch["gt_masks"][b, :, :, :, w:].any()
             seen_two |= bool((gt == 2).any())
             np.testing.assert_array_equal(batch["seg_keys"][b, :n], sample.seg_token_keys())
+            for i, e_idx in enumerate(sample.plan.expression_indices):  # the question's spelling, -1 after
+                want = tok.encode(video.expressions[e_idx].text.removesuffix(".").strip().lower(), False)
+                got = batch["expression_ids"][b, i]
+                np.testing.assert_array_equal(got[: len(want)], want)
+                assert (got[len(want) :] == -1).all() and want
             # padding rows are inert
             if n < e:
                 seen_padding = True
                 assert (batch["input_ids"][b, n:] == 0).all() and (batch["labels"][b, n:] == -100).all()
                 assert not batch["attention_mask"][b, n:].any() and not batch["gt_masks"][b, n:].any()
-                assert not batch["seg_keys"][b, n:].any()
+                assert not batch["seg_keys"][b, n:].any() and (batch["expression_ids"][b, n:] == -1).all()
             # pixels: CLIP of context + query frames, SAM2 of the query frames
             np.testing.assert_array_equal(batch["clip_pixels"][b], clip_preprocess(frames))
             np.testing.assert_array_equal(batch["sam_pixels"][b], image_ops.sam_preprocess(frames[4:], 32))

@@ -17,6 +17,7 @@ from glus_jax.data import pipeline
 from glus_jax.models import glus as glus_lib
 from glus_jax.models.io import load_model
 from glus_jax.train import forward as forward_lib
+from glus_jax.train import losses as losses_lib
 from glus_jax.train import loop
 from tests import train_world
 
@@ -153,6 +154,49 @@ def test_seg_ce_trains_the_llm_body_only_when_asked(setup_and_batch, ce_trains_l
     assert all(np.abs(grads[k]).max() > 0 for k in lm_head)
     body_max = max(float(np.abs(grads[k]).max()) for k in body)
     assert (body_max > 0) == ce_trains_llm, body_max
+
+
+def test_expression_word_loss_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 4, 11)).astype(np.float32)
+    ids = np.full((2, 3, 5), -1, np.int32)
+    ids[0, 0, :3] = [1, 4, 4]
+    ids[0, 1, :2] = [0, 10]
+    ids[1, 2, :1] = [7]
+    weights = rng.random((2, 3, 4)) > 0.3
+    present = np.zeros((2, 3, 11))
+    for b, e, v in zip(*np.nonzero(ids >= 0)):
+        present[b, e, ids[b, e, v]] = 1.0
+    t = present[:, :, None, :]
+    bce = (np.logaddexp(0, logits) - logits * t).mean(-1)
+    want = (bce * weights).sum() / weights.sum()
+    got = losses_lib.expression_word_loss(jnp.asarray(logits), jnp.asarray(ids), jnp.asarray(weights))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_word_loss_trains_the_llm_body_with_ce_trains_llm_false(setup_and_batch):
+    """`train.word_weight` adds the expression-word loss; it reaches the LLM below lm_head even when the
+    [SEG] CE does not (the synthetic world's setting), and weight 0 leaves the loss as GLUS's."""
+    s, local = setup_and_batch
+    batch = {k: v[0] for k, v in loop.global_batch(local, s.mesh, s.rules).items()}
+    fwd = forward_lib.ForwardOptions(ce_trains_llm=False)
+    banks = s.state.banks
+
+    def total(params, weight, key="loss"):
+        model = nnx.merge(s.graphdef, *jax.tree.map(lambda x: x, (params, s.state.frozen)))
+        opts = forward_lib.LossOptions(contrastive=False, word_weight=weight)
+        loss, metrics, _, _ = forward_lib.forward_and_loss(
+            model, batch, banks, jax.random.PRNGKey(0), forward_options=fwd, loss_options=opts, dropout=False
+        )
+        return loss, metrics
+
+    (l0, m0), (l1, m1) = total(s.state.params, 0.0), total(s.state.params, 2.0)
+    assert "word_loss" not in m0 and float(m1["word_loss"]) > 0
+    assert float(l1) == pytest.approx(float(l0) + float(m1["word_loss"]), rel=1e-5)
+    word_only = lambda p: total(p, 1.0)[1]["word_loss"]  # noqa: E731
+    grads = _flat(jax.grad(word_only)(s.state.params))
+    body = [k for k in grads if k.startswith("llava/llm/model/layers/")]
+    assert body and max(float(np.abs(grads[k]).max()) for k in body) > 0
 
 
 def test_seg_cosine_compares_expressions_of_one_frame():

@@ -18,6 +18,10 @@ T = max_seq_len, S = SAM2 input size, Hm x Wm = ``max_mask_size``)::
                                                    elsewhere and on padding rows; values may be 2 (Q9)
     orig_size       int32   [B, 2]                 (H, W) of the sample's frames (of its last query frame)
     seg_keys        int32   [B, E, Q, 5]           contrastive-bank keys (``Sample.seg_token_keys``), 0-padded
+    expression_ids  int32   [B, E, L]              token ids of each expression as its question spells it,
+                                                   -1 after its end and on padding rows (L =
+                                                   MAX_EXPRESSION_TOKENS; longer ones are cut): the
+                                                   targets of the expression-word loss (train.word_weight)
     dataset_id      int32   [B]                    index into the run's dataset list
     sample_index    int32   [B]                    global sample index (what the sample is a function of)
 
@@ -62,6 +66,8 @@ from glus_jax.data.tokenizer import GLUSTokenizer
 CLIP_IMAGE_SIZE = 224
 # "Infinite" run length: batches of a run are indexed lazily, so this only bounds the index space.
 MAX_BATCHES = 2**40
+# Tokens kept per expression in `expression_ids` (the world's longest expression is 14).
+MAX_EXPRESSION_TOKENS = 32
 BATCH_KEYS = (
     "clip_pixels",
     "sam_pixels",
@@ -72,6 +78,7 @@ BATCH_KEYS = (
     "gt_masks",
     "orig_size",
     "seg_keys",
+    "expression_ids",
     "dataset_id",
     "sample_index",
 )
@@ -265,6 +272,11 @@ def build_example(
     seg_keys = np.zeros((e_max, q, 5), np.int32)
     seg_keys[:n] = sample.seg_token_keys()
     exp_valid = np.arange(e_max) < n
+    expression_ids = np.full((e_max, MAX_EXPRESSION_TOKENS), -1, np.int32)
+    for i in range(n):
+        ids = tokenizer.encode(conv_lib.training_expression(expression_texts[i]), add_special_tokens=False)
+        ids = ids[:MAX_EXPRESSION_TOKENS]
+        expression_ids[i, : len(ids)] = ids
 
     from glus_jax.models.clip import clip_preprocess
 
@@ -278,6 +290,7 @@ def build_example(
         "gt_masks": gt,
         "orig_size": np.asarray([h, w], np.int32),
         "seg_keys": seg_keys,
+        "expression_ids": expression_ids,
         "dataset_id": np.int32(plan.dataset_index),
         "sample_index": np.int32(sample_index),
     }

@@ -83,6 +83,9 @@ class ForwardOutput(NamedTuple):
     seg_found: jax.Array  # [B, E, Q] bool: the row has a q-th [SEG] (False on padded rows)
     seg_positions: jax.Array  # [B, E, Q] int32 spliced position whose state / logits are used
     ce_logits: jax.Array  # [B, E, Q, V] LM logits there (they predict [SEG])
+    # [B, E, Q, V] the same logits with gradients into the LLM also when the CE's stop there
+    # (ce_trains_llm=False): the expression-word loss reads them. Unused, XLA drops them.
+    word_logits: jax.Array
     low_res_logits: jax.Array  # [B, E, Q, h, w] mask decoder output (token 0), BLANK on padded rows
 
 
@@ -101,9 +104,9 @@ def _seg_rows(input_ids: jax.Array, token_pos: jax.Array, seg_token_id: int, q: 
 
 def llm_forward(
     model: GLUS, batch: Batch, *, dropout_rng: jax.Array | None = None, ce_trains_llm: bool = True
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(seg_embeds [B, E, Q, C_p], ce_logits [B, E, Q, V], positions [B, E, Q], found [B, E, Q]).
-    ce_trains_llm: see `ForwardOptions`."""
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(seg_embeds [B, E, Q, C_p], ce_logits [B, E, Q, V], word_logits [B, E, Q, V], positions [B, E, Q],
+    found [B, E, Q]). ce_trains_llm: see `ForwardOptions`; word_logits: see `ForwardOutput`."""
     cfg = model.config
     ids = batch["input_ids"]
     b, e, t = ids.shape
@@ -131,11 +134,13 @@ def llm_forward(
     pos, found = _seg_rows(rows, spliced.token_pos, cfg.seg_token_id, q)
     h = jnp.take_along_axis(hidden, pos[..., None], axis=1)  # [B*E, Q, D]
     seg = model.text_hidden_fcs(h).astype(jnp.float32)
-    logits = model.llava.llm.logits(h if ce_trains_llm else jax.lax.stop_gradient(h))
+    word_logits = model.llava.llm.logits(h)
+    logits = word_logits if ce_trains_llm else model.llava.llm.logits(jax.lax.stop_gradient(h))
     found = found & batch["exp_valid"].reshape(b * e)[:, None]
     return (
         seg.reshape(b, e, q, -1),
         logits.reshape(b, e, q, -1),
+        word_logits.reshape(b, e, q, -1),
         pos.reshape(b, e, q),
         found.reshape(b, e, q),
     )
@@ -229,7 +234,7 @@ def forward(
         lora_key, sam_key = jax.random.split(dropout_rng)
         lora_key = lora_key if options.lora_dropout else None
         sam_key = sam_key if options.mem_attn_dropout else None
-    seg, logits, pos, found = llm_forward(
+    seg, logits, word_logits, pos, found = llm_forward(
         model, batch, dropout_rng=lora_key, ce_trains_llm=options.ce_trains_llm
     )
     low = sam_forward(
@@ -241,7 +246,7 @@ def forward(
         dropout_rng=sam_key,
         image_grad=options.image_grad,
     )
-    return ForwardOutput(seg, found, pos, logits, low)
+    return ForwardOutput(seg, found, pos, logits, word_logits, low)
 
 
 # -------------------------------------------------------------------------------------------- losses
@@ -293,6 +298,9 @@ class LossOptions:
     # Datasets (by batch `dataset_id`) whose [SEG] embeddings enter the contrastive bank: the reference
     # banks and queries MeViS only.
     contrastive_datasets: tuple[bool, ...] = (True,)
+    # Not in GLUS (0 = off): weight of `losses.expression_word_loss`, the state before each [SEG] naming
+    # its expression's tokens through lm_head (batch "expression_ids").
+    word_weight: float = 0.0
 
 
 def group_losses(
@@ -337,6 +345,12 @@ def group_losses(
         contrastive_applied=applied,
         weights=options.weights,
     )
+    if options.word_weight:
+        word = options.word_weight * losses_lib.expression_word_loss(
+            out.word_logits, batch["expression_ids"], out.seg_found
+        )
+        loss = loss + word
+        metrics = {**metrics, "word_loss": word, "loss": loss}
     return loss, metrics, bank
 
 

@@ -64,6 +64,7 @@ STEP_KEYS = (
     "gt_masks",
     "orig_size",
     "seg_keys",
+    "expression_ids",
     "dataset_id",
 )
 
@@ -325,6 +326,7 @@ def step_config(config: Any) -> step_lib.StepConfig:
             contrastive_tau=float(t.contrastive_tau),
             num_negatives=int(t.num_negatives),
             contrastive_datasets=tuple(name == "mevis" for name in datasets),
+            word_weight=float(t.word_weight),
         ),
         dropout=bool(t.dropout),
     )

@@ -139,6 +139,22 @@ def cross_entropy_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
     return jnp.sum((lse - picked) * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+def expression_word_loss(word_logits: jax.Array, expression_ids: jax.Array, weights: jax.Array) -> jax.Array:
+    """Multi-label BCE of which vocabulary tokens an expression contains, read from LM logits.
+
+    word_logits [B, E, Q, V] (at the states before [SEG]), expression_ids [B, E, L] (the expression's token
+    ids, negative = none), weights [B, E, Q] (0 = ignored). Mean over the vocabulary, then the weighted
+    mean over positions (0 when none is kept). Not in GLUS: an auxiliary loss for an LLM trained from
+    scratch, whose state before [SEG] otherwise stops depending on the expression (train.word_weight)."""
+    v = word_logits.shape[-1]
+    present = jnp.any(expression_ids[..., None] == jnp.arange(v), axis=-2)  # [B, E, V]
+    x = word_logits.astype(jnp.float32)
+    t = present[:, :, None, :].astype(jnp.float32)
+    bce = jnp.mean(jnp.maximum(x, 0.0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x))), axis=-1)
+    w = weights.astype(jnp.float32)
+    return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 def lm_ce_loss(
     logits: jax.Array, labels: jax.Array, *, seg_token_id: int | None = None, ignore_index: int = IGNORE_INDEX
 ) -> jax.Array:
