@@ -22,10 +22,15 @@ measurements behind each):
   its negatives (mostly other videos) are separated best by a prompt that ignores the expression;
 - `data.inference_templates=True`: every round uses the inference prompt's question and answer, so the
   state before [SEG] always sits on "is" and varies between a clip's expressions only with the expression
-  (with GLUS's random templates it varied with the template instead, and SAM2 learnt to ignore it).
+  (with GLUS's random templates it varied with the template instead, and SAM2 learnt to ignore it);
+- `train.word_weight=20`: the state before each [SEG] also names its expression's tokens through lm_head
+  (`losses.expression_word_loss`). Without it the mask loss pulls every prompt of a clip towards the one
+  that gives the best expression-blind mask long before SAM2's decoder can tell the prompts apart
+  (seg_cos ~0.999 by step 300); with it the prompts stay apart (seg_cos ~0.4) and the decoder starts to
+  use them after ~1,000 steps.
 
-One step (batch 2, 3 expressions each) takes ~0.48 s on 2 idle cores plus ~1 min of compilation, so
-2,400 steps take about 20 minutes.
+One step (batch 2, 3 expressions each) takes 0.48-0.6 s on 2 idle cores (it varied between sessions)
+plus ~1 min of compilation: the 2,100 steps that made the embedded model took 22.0 min.
 """
 
 from configs.base import base_config
@@ -55,7 +60,7 @@ def get_config():
     c.data.inference_templates = True
 
     t = c.train
-    t.steps = 2400  # 4,800 clips (x 3 expressions): ~20 min on 2 idle cores
+    t.steps = 2100  # 4,200 clips (x 3 expressions)
     t.batch_size = 2
     t.grad_accum = 1
     t.lr = 1e-3  # from scratch, small towers: a larger step than GLUS's LoRA fine-tuning
@@ -65,6 +70,7 @@ def get_config():
     t.trainable = ("llava", "text_hidden_fcs", "visual_model")
     t.image_grad = True
     t.ce_trains_llm = False
+    t.word_weight = 20.0
     t.contrastive = False
     t.bank_size = 64
     t.num_negatives = 8
