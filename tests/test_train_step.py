@@ -182,7 +182,7 @@ def test_word_loss_trains_the_llm_body_with_ce_trains_llm_false(setup_and_batch)
     fwd = forward_lib.ForwardOptions(ce_trains_llm=False)
     banks = s.state.banks
 
-    def total(params, weight, key="loss"):
+    def total(params, weight):
         model = nnx.merge(s.graphdef, *jax.tree.map(lambda x: x, (params, s.state.frozen)))
         opts = forward_lib.LossOptions(contrastive=False, word_weight=weight)
         loss, metrics, _, _ = forward_lib.forward_and_loss(

@@ -2,8 +2,8 @@
 
 Floor: the model shipped now was trained for 2,100 steps with `configs/synthetic.py` and has only begun
 to ground the expressions (README "The synthetic world"): it scores J&F 0.230 on this video and 0.252 on
-50 held-out videos, below the best expression-blind baseline. The floor (0.15) guards the path from the packaged
-files to the masks (tokenizer, config, weights, preprocessing): an unreadable or mismatched model gives
+50 held-out videos, below the best expression-blind baseline. The floor (0.15) guards the path from the
+packaged files to the masks (tokenizer, config, weights, preprocessing): an unreadable or mismatched model gives
 blank or random masks and J&F near 0. Raise it with the model.
 """
 

@@ -43,13 +43,16 @@ def _pixel_weights(shape, pixel_valid):
     return pixel_valid.astype(jnp.float32)
 
 
+def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Elementwise BCE-with-logits in float32, torch's stable form: max(x, 0) - x t + log(1 + exp(-|x|))."""
+    x = logits.astype(jnp.float32)
+    return jnp.maximum(x, 0.0) - x * targets.astype(jnp.float32) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
 def per_mask_bce(logits: jax.Array, targets: jax.Array, pixel_valid: jax.Array | None = None) -> jax.Array:
     """Mean over pixels of BCE-with-logits: [..., H, W] -> [...]. ``pixel_valid`` broadcasts to [..., H, W]."""
-    x = logits.astype(jnp.float32)
-    t = targets.astype(jnp.float32)
-    # torch's stable form: max(x, 0) - x t + log(1 + exp(-|x|)).
-    loss = jnp.maximum(x, 0.0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
-    w = jnp.broadcast_to(_pixel_weights(x.shape, pixel_valid), x.shape)
+    loss = bce_with_logits(logits, targets)
+    w = jnp.broadcast_to(_pixel_weights(loss.shape, pixel_valid), loss.shape)
     return jnp.sum(loss * w, axis=(-2, -1)) / jnp.maximum(jnp.sum(w, axis=(-2, -1)), 1.0)
 
 
@@ -148,9 +151,7 @@ def expression_word_loss(word_logits: jax.Array, expression_ids: jax.Array, weig
     scratch, whose state before [SEG] otherwise stops depending on the expression (train.word_weight)."""
     v = word_logits.shape[-1]
     present = jnp.any(expression_ids[..., None] == jnp.arange(v), axis=-2)  # [B, E, V]
-    x = word_logits.astype(jnp.float32)
-    t = present[:, :, None, :].astype(jnp.float32)
-    bce = jnp.mean(jnp.maximum(x, 0.0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x))), axis=-1)
+    bce = jnp.mean(bce_with_logits(word_logits, present[:, :, None, :]), axis=-1)
     w = weights.astype(jnp.float32)
     return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
