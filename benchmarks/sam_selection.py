@@ -1,0 +1,190 @@
+"""Does the world model's SAM2, trained from scratch, learn to *select* the object a prompt points at?
+
+  .venv/bin/python -m benchmarks.sam_selection [--steps 600] [--batch 8] [--lr 1e-3]
+                                               [--bce-weight 2.0] [--dice-weight 0.5] [--out runs/sam_selection]
+
+A diagnostic for issue #8, at ~1 min per 400 steps instead of a 20-minute world-model run. It trains the
+SAM2 of the `synthetic_world` preset (image encoder, prompt encoder, mask decoder; empty memory, as on a
+clip's first frame) alone on SAM2's own task: frames of generated training videos, one positive point
+drawn uniformly inside one object's visible mask, that mask as the target, GLUS's mask losses (BCE and
+dice, weights as given). Every `--log-every` steps it prints, over the masks of those steps (mask =
+logits > 0):
+
+- `iou`: against the prompted object (what selection needs);
+- `iou_all`: against the union of every object in the frame. Near 1 with `iou` near the `all_objects`
+  reference: the decoder segments objects but ignores the prompt.
+
+and beside them two references on the same prompts: `all_objects` (the IoU of the union of all objects
+with the prompted one: a perfect segmenter that ignores the prompt) and `disk` (the best disk of a fixed
+radius around the point: a decoder that uses the point but not the image).
+
+Data: `--data` (MeViS layout, default runs/world_data/mevis, split train; generated with
+`glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0` when absent).
+Writes OUT/sam_selection.json: the settings, references and the logged rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from glus_jax.data import synthetic
+from glus_jax.models import glus as glus_lib
+from glus_jax.models.sam2.sam2 import SAM2Model
+from glus_jax.train import losses
+from glus_jax.train import optimizer as opt_lib
+
+DISK_RADII = (4, 6, 8, 10, 12, 16)
+
+
+class PointPrompts:
+    """Random (frame, object mask, all-objects mask) triples from generated videos, frames cached."""
+
+    def __init__(self, root: Path, split: str, num_videos: int, seed: int):
+        self.root, self.split = root, split
+        self.info = synthetic.load_info(root, split)
+        self.videos = list(self.info["videos"])[:num_videos]
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _video(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._cache:
+            _, masks, _ = synthetic.load_object_masks(self.root, self.split, name, self.info)
+            names = self.info["videos"][name].get("frames") or sorted(
+                p.stem for p in (self.root / self.split / "JPEGImages" / name).glob("*.jpg")
+            )
+            frames = [np.asarray(Image.open(self.root / self.split / "JPEGImages" / name / f"{f}.jpg")) for f in names]
+            self._cache[name] = (np.stack(frames), np.asarray(masks, bool))
+        return self._cache[name]
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(frames [n, H, W, 3] uint8, target masks [n, H, W], all-objects masks [n, H, W])."""
+        frames, targets, unions = [], [], []
+        while len(frames) < n:
+            video, masks = self._video(self.videos[self.rng.integers(len(self.videos))])
+            t, o = self.rng.integers(len(video)), self.rng.integers(len(masks))
+            if masks[o, t].sum() < 4:  # out of view or a sliver
+                continue
+            frames.append(video[t])
+            targets.append(masks[o, t])
+            unions.append(masks[:, t].any(axis=0))
+        return np.stack(frames), np.stack(targets), np.stack(unions)
+
+
+def draw_points(masks: jax.Array, key: jax.Array) -> jax.Array:
+    """One pixel uniformly inside each mask [N, H, W] (non-empty) as (x, y): [N, 2]."""
+    n, _, w = masks.shape
+    flat = jnp.argmax(jnp.where(masks, jax.random.gumbel(key, masks.shape), -jnp.inf).reshape(n, -1), axis=-1)
+    return jnp.stack([flat % w, flat // w], axis=-1).astype(jnp.float32)
+
+
+def iou(pred: jax.Array, gt: jax.Array) -> jax.Array:
+    """Per-mask IoU of boolean masks [..., H, W] (1 when both are empty)."""
+    inter = jnp.sum(pred & gt, axis=(-2, -1))
+    union = jnp.sum(pred | gt, axis=(-2, -1))
+    return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+
+
+def disk_reference(points: np.ndarray, targets: np.ndarray) -> dict[int, float]:
+    """Mean IoU of a disk of each radius around the points (x, y) against the targets."""
+    h, w = targets.shape[1:]
+    yy, xx = np.mgrid[:h, :w]
+    out = {}
+    for r in DISK_RADII:
+        disks = (yy - points[:, 1, None, None]) ** 2 + (xx - points[:, 0, None, None]) ** 2 <= r * r
+        out[r] = float(np.mean(iou(jnp.asarray(disks), jnp.asarray(targets))))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=Path("runs/world_data/mevis"))
+    p.add_argument("--videos", type=int, default=100, help="training videos the frames come from")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--bce-weight", type=float, default=2.0)
+    p.add_argument("--dice-weight", type=float, default=0.5)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/sam_selection"))
+    args = p.parse_args(argv)
+
+    if not (args.data / "train" / "synthetic.json").exists():
+        synthetic.generate(args.data, "train", 400, 0)
+    data = PointPrompts(args.data, "train", args.videos, args.seed)
+    cfg = glus_lib.synthetic_world().sam2
+    size = cfg.image_size
+    sam = SAM2Model(cfg, rngs=nnx.Rngs(args.seed))
+    tx = opt_lib.make_optimizer(
+        opt_lib.OptimizerConfig(lr=args.lr, warmup_steps=min(100, args.steps // 4), total_steps=args.steps)
+    )
+    opt = nnx.Optimizer(sam, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(sam, opt, frames, targets, unions, key):
+        points = draw_points(targets, key)
+        scale = size / jnp.asarray(targets.shape[-1:-3:-1], jnp.float32)  # frame (x, y) -> SAM2 pixels
+
+        def loss_fn(sam):
+            feats = sam.encode_image(glus_lib.sam_preprocess(frames, size))
+            out = sam.decode(
+                sam.add_no_mem_embed(feats.vision_features),
+                feats.high_res_feats,
+                points=((points * scale)[:, None], jnp.ones((len(points), 1), jnp.int32)),
+                training=True,
+            )
+            logits = glus_lib.upsample_logits(out.masks[:, 0], targets.shape[1:])
+            t = targets.astype(jnp.float32)
+            bce = jnp.mean(losses.per_mask_bce(logits, t))
+            dice = jnp.mean(losses.per_mask_dice(logits, t))
+            return args.bce_weight * bce + args.dice_weight * dice, logits > 0
+
+        (loss, pred), grads = nnx.value_and_grad(loss_fn, has_aux=True)(sam)
+        opt.update(sam, grads)
+        return loss, jnp.mean(iou(pred, targets)), jnp.mean(iou(pred, unions)), points
+
+    rows, window, seen = [], [], {"points": [], "targets": [], "unions": []}
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        frames, targets, unions = data.batch(args.batch)
+        loss, j, j_all, points = step(
+            sam, opt, jnp.asarray(frames), jnp.asarray(targets), jnp.asarray(unions), jax.random.key(i)
+        )
+        window.append((float(loss), float(j), float(j_all)))
+        seen["points"].append(np.asarray(points))
+        seen["targets"].append(targets)
+        seen["unions"].append(unions)
+        if (i + 1) % args.log_every == 0:
+            loss_m, j_m, j_all_m = np.mean(window, axis=0)
+            rows.append({"step": i + 1, "loss": loss_m, "iou": j_m, "iou_all": j_all_m,
+                         "seconds": time.perf_counter() - t0})
+            print(f"step {i + 1:5d}  loss {loss_m:.4f}  iou {j_m:.3f}  iou_all {j_all_m:.3f}", flush=True)
+            window = []
+    targets = np.concatenate(seen["targets"])
+    all_objects = float(np.mean(iou(jnp.asarray(np.concatenate(seen["unions"])), jnp.asarray(targets))))
+    disk = disk_reference(np.concatenate(seen["points"]), targets)
+    best_r = max(disk, key=disk.get)
+    print(f"references on the same prompts: all_objects iou {all_objects:.3f}, "
+          f"disk iou {disk[best_r]:.3f} (radius {best_r})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "references": {"all_objects": all_objects, "disk": disk}, "rows": rows}
+    tmp = args.out / "sam_selection.json.partial"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, args.out / "sam_selection.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
