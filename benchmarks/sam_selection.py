@@ -60,11 +60,11 @@ class PointPrompts:
     def _video(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self._cache:
             _, masks, _ = synthetic.load_object_masks(self.root, self.split, name, self.info)
-            names = self.info["videos"][name].get("frames") or sorted(
-                p.stem for p in (self.root / self.split / "JPEGImages" / name).glob("*.jpg")
-            )
-            frames = [np.asarray(Image.open(self.root / self.split / "JPEGImages" / name / f"{f}.jpg")) for f in names]
-            self._cache[name] = (np.stack(frames), np.asarray(masks, bool))
+            paths = sorted((self.root / self.split / "JPEGImages" / name).glob("*.jpg"))  # zero-padded names
+            frames = np.stack([np.asarray(Image.open(p)) for p in paths])
+            if len(frames) != masks.shape[1]:
+                raise ValueError(f"{paths[0].parent}: {len(frames)} frames, masks for {masks.shape[1]}")
+            self._cache[name] = (frames, np.asarray(masks, bool))
         return self._cache[name]
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
