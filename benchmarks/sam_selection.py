@@ -1,6 +1,6 @@
 """Does the world model's SAM2, trained from scratch, learn to *select* the object a prompt points at?
 
-  .venv/bin/python -m benchmarks.sam_selection [--steps 600] [--batch 8] [--lr 1e-3]
+  .venv/bin/python -m benchmarks.sam_selection [--steps 600] [--batch 8] [--lr 1e-3] [--torch]
                                                [--bce-weight 2.0] [--dice-weight 0.5] [--out runs/sam_selection]
 
 A diagnostic for issue #8, at ~1 min per 400 steps instead of a 20-minute world-model run. It trains the
@@ -17,6 +17,10 @@ logits > 0):
 and beside them two references on the same prompts: `all_objects` (the IoU of the union of all objects
 with the prompted one: a perfect segmenter that ignores the prompt) and `disk` (the best disk of a fixed
 radius around the point: a decoder that uses the point but not the image).
+
+`--torch` trains the PyTorch `sam2` package's SAM2 of the same sizes (its own random init, the same
+optimizer, schedule and losses) on the very same pixels and points, and prints its figures beside ours: if
+both stall the same way, the cause is SAM2's design at this size, not the port.
 
 Data: `--data` (MeViS layout, default runs/world_data/mevis, split train; generated with
 `glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0` when absent).
@@ -56,6 +60,8 @@ class PointPrompts:
         self.videos = list(self.info["videos"])[:num_videos]
         self.rng = np.random.default_rng(seed)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        first = self.info["videos"][self.videos[0]]
+        self.frame_size = (first["height"], first["width"])
 
     def _video(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self._cache:
@@ -106,6 +112,56 @@ def disk_reference(points: np.ndarray, targets: np.ndarray) -> dict[int, float]:
     return out
 
 
+def torch_trainer(args, schedule):
+    """The same training on the PyTorch `sam2` package's SAM2 of the same sizes (its own random init):
+    a step (pixels [N, S, S, 3], targets, unions, points [N, 2] in SAM2 pixels) -> [loss, iou, iou_all]."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.configs import TINY
+    from benchmarks.torch_reference import build_sam2_base
+
+    cfg = glus_lib.synthetic_world().sam2
+    torch.manual_seed(args.seed)
+    sam = build_sam2_base(dataclasses.replace(TINY.sam2, image_size=cfg.image_size).yaml())
+    sam.train()
+    params = [p for p in sam.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda count: float(schedule(count)) / args.lr)
+
+    def step(pixels, targets, unions, points):
+        n = len(points)
+        backbone = sam.forward_image(torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2))
+        _, feats, _, sizes = sam._prepare_backbone_features(backbone)
+        maps = [f.permute(1, 2, 0).reshape(n, -1, *hw) for f, hw in zip(feats, sizes)]
+        image = maps[-1] + sam.no_mem_embed.view(1, -1, 1, 1)  # directly_add_no_mem_embed
+        sparse, dense = sam.sam_prompt_encoder(
+            points=(torch.from_numpy(points[:, None]).float(), torch.ones(n, 1, dtype=torch.int32)), boxes=None, masks=None
+        )
+        low = sam.sam_mask_decoder(
+            image_embeddings=image, image_pe=sam.sam_prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=False, repeat_image=False, high_res_features=maps[:-1],
+        )[0]
+        logits = F.interpolate(low, targets.shape[1:], mode="bilinear", align_corners=False)[:, 0]
+        t = torch.from_numpy(targets).float()
+        bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none").mean((1, 2)).mean()
+        p = logits.sigmoid()
+        dice = (1 - (2 * (p / 1000 * t).sum((1, 2)) + 1e-6) / ((p / 1000).sum((1, 2)) + (t / 1000).sum((1, 2)) + 1e-6)).mean()
+        loss = args.bce_weight * bce + args.dice_weight * dice
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_at.step()
+        pred = (logits > 0).detach().numpy()
+        return [loss.item(), float(np.mean(iou(jnp.asarray(pred), jnp.asarray(targets)))),
+                float(np.mean(iou(jnp.asarray(pred), jnp.asarray(unions))))]
+
+    return step
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("runs/world_data/mevis"))
@@ -117,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dice-weight", type=float, default=0.5)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch", action="store_true", help="also train the sam2 package's twin on the same prompts")
     p.add_argument("--out", type=Path, default=Path("runs/sam_selection"))
     args = p.parse_args(argv)
 
@@ -126,18 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = glus_lib.synthetic_world().sam2
     size = cfg.image_size
     sam = SAM2Model(cfg, rngs=nnx.Rngs(args.seed))
-    tx = opt_lib.make_optimizer(
-        opt_lib.OptimizerConfig(lr=args.lr, warmup_steps=min(100, args.steps // 4), total_steps=args.steps)
-    )
-    opt = nnx.Optimizer(sam, tx, wrt=nnx.Param)
+    opt_cfg = opt_lib.OptimizerConfig(lr=args.lr, warmup_steps=min(100, args.steps // 4), total_steps=args.steps)
+    opt = nnx.Optimizer(sam, opt_lib.make_optimizer(opt_cfg), wrt=nnx.Param)
+
+    scale = size / np.asarray(data.frame_size[::-1], np.float32)  # frame (x, y) -> SAM2 pixels
+    torch_step = torch_trainer(args, opt_lib.lr_schedule(opt_cfg)) if args.torch else None
 
     @nnx.jit
-    def step(sam, opt, frames, targets, unions, key):
-        points = draw_points(targets, key)
-        scale = size / jnp.asarray(targets.shape[-1:-3:-1], jnp.float32)  # frame (x, y) -> SAM2 pixels
-
+    def step(sam, opt, pixels, targets, unions, points):
         def loss_fn(sam):
-            feats = sam.encode_image(glus_lib.sam_preprocess(frames, size))
+            feats = sam.encode_image(pixels)
             out = sam.decode(
                 sam.add_no_mem_embed(feats.vision_features),
                 feats.high_res_feats,
@@ -152,24 +207,32 @@ def main(argv: list[str] | None = None) -> int:
 
         (loss, pred), grads = nnx.value_and_grad(loss_fn, has_aux=True)(sam)
         opt.update(sam, grads)
-        return loss, jnp.mean(iou(pred, targets)), jnp.mean(iou(pred, unions)), points
+        return loss, jnp.mean(iou(pred, targets)), jnp.mean(iou(pred, unions))
 
+    draw = jax.jit(draw_points)
+    preprocess = jax.jit(lambda frames: glus_lib.sam_preprocess(frames, size))
     rows, window, seen = [], [], {"points": [], "targets": [], "unions": []}
     t0 = time.perf_counter()
     for i in range(args.steps):
         frames, targets, unions = data.batch(args.batch)
-        loss, j, j_all, points = step(
-            sam, opt, jnp.asarray(frames), jnp.asarray(targets), jnp.asarray(unions), jax.random.key(i)
-        )
-        window.append((float(loss), float(j), float(j_all)))
+        points = draw(jnp.asarray(targets), jax.random.key(i))
+        pixels = preprocess(jnp.asarray(frames))
+        metrics = [float(x) for x in step(sam, opt, pixels, jnp.asarray(targets), jnp.asarray(unions), points)]
+        if torch_step is not None:
+            metrics += torch_step(np.asarray(pixels), targets, unions, np.asarray(points) * scale)
+        window.append(metrics)
         seen["points"].append(np.asarray(points))
         seen["targets"].append(targets)
         seen["unions"].append(unions)
         if (i + 1) % args.log_every == 0:
-            loss_m, j_m, j_all_m = np.mean(window, axis=0)
-            rows.append({"step": i + 1, "loss": loss_m, "iou": j_m, "iou_all": j_all_m,
-                         "seconds": time.perf_counter() - t0})
-            print(f"step {i + 1:5d}  loss {loss_m:.4f}  iou {j_m:.3f}  iou_all {j_all_m:.3f}", flush=True)
+            m = np.mean(window, axis=0)
+            row = {"step": i + 1, "loss": m[0], "iou": m[1], "iou_all": m[2], "seconds": time.perf_counter() - t0}
+            line = f"step {i + 1:5d}  loss {m[0]:.4f}  iou {m[1]:.3f}  iou_all {m[2]:.3f}"
+            if torch_step is not None:
+                row.update(torch_loss=m[3], torch_iou=m[4], torch_iou_all=m[5])
+                line += f"  | PyTorch sam2: loss {m[3]:.4f}  iou {m[4]:.3f}  iou_all {m[5]:.3f}"
+            rows.append(row)
+            print(line, flush=True)
             window = []
     targets = np.concatenate(seen["targets"])
     all_objects = float(np.mean(iou(jnp.asarray(np.concatenate(seen["unions"])), jnp.asarray(targets))))

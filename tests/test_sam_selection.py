@@ -35,16 +35,17 @@ def test_iou_and_disk_reference_against_numpy():
     assert disk[6] == 1.0 and disk[4] < 1.0 and disk[16] < 1.0
 
 
-def test_two_steps_end_to_end(tmp_path):
+def test_two_steps_end_to_end_with_the_pytorch_twin(tmp_path):
     data = tmp_path / "mevis"
     synthetic.generate(data, "train", 2, 0)
     out = tmp_path / "out"
     argv = ["--data", str(data), "--videos", "2", "--steps", "2", "--batch", "2", "--log-every", "1",
-            "--out", str(out)]
+            "--torch", "--out", str(out)]
     assert sam_selection.main(argv) == 0
     r = json.loads((out / "sam_selection.json").read_text())
     assert [row["step"] for row in r["rows"]] == [1, 2]
     for row in r["rows"]:
-        assert np.isfinite(row["loss"]) and 0 <= row["iou"] <= 1 and 0 <= row["iou_all"] <= 1
+        for side in ("", "torch_"):
+            assert np.isfinite(row[side + "loss"]) and 0 <= row[side + "iou"] <= 1 and 0 <= row[side + "iou_all"] <= 1
     assert 0 < r["references"]["all_objects"] <= 1
     assert set(r["references"]["disk"]) == {str(x) for x in sam_selection.DISK_RADII}
