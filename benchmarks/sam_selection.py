@@ -43,6 +43,7 @@ from flax import nnx
 from PIL import Image
 
 from glus_jax.data import synthetic
+from glus_jax.eval.metrics import jaccard
 from glus_jax.models import glus as glus_lib
 from glus_jax.models.sam2.sam2 import SAM2Model
 from glus_jax.train import losses
@@ -94,13 +95,6 @@ def draw_points(masks: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.stack([flat % w, flat // w], axis=-1).astype(jnp.float32)
 
 
-def iou(pred: jax.Array, gt: jax.Array) -> jax.Array:
-    """Per-mask IoU of boolean masks [..., H, W] (1 when both are empty)."""
-    inter = jnp.sum(pred & gt, axis=(-2, -1))
-    union = jnp.sum(pred | gt, axis=(-2, -1))
-    return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
-
-
 def disk_reference(points: np.ndarray, targets: np.ndarray) -> dict[int, float]:
     """Mean IoU of a disk of each radius around the points (x, y) against the targets."""
     h, w = targets.shape[1:]
@@ -108,7 +102,7 @@ def disk_reference(points: np.ndarray, targets: np.ndarray) -> dict[int, float]:
     out = {}
     for r in DISK_RADII:
         disks = (yy - points[:, 1, None, None]) ** 2 + (xx - points[:, 0, None, None]) ** 2 <= r * r
-        out[r] = float(np.mean(iou(jnp.asarray(disks), jnp.asarray(targets))))
+        out[r] = float(np.mean(jaccard(targets, disks)))
     return out
 
 
@@ -156,8 +150,7 @@ def torch_trainer(args, schedule):
         opt.step()
         lr_at.step()
         pred = (logits > 0).detach().numpy()
-        return [loss.item(), float(np.mean(iou(jnp.asarray(pred), jnp.asarray(targets)))),
-                float(np.mean(iou(jnp.asarray(pred), jnp.asarray(unions))))]
+        return [loss.item(), float(np.mean(jaccard(targets, pred))), float(np.mean(jaccard(unions, pred)))]
 
     return step
 
@@ -190,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     torch_step = torch_trainer(args, opt_lib.lr_schedule(opt_cfg)) if args.torch else None
 
     @nnx.jit
-    def step(sam, opt, pixels, targets, unions, points):
+    def step(sam, opt, pixels, targets, points):
         def loss_fn(sam):
             feats = sam.encode_image(pixels)
             out = sam.decode(
@@ -207,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
         (loss, pred), grads = nnx.value_and_grad(loss_fn, has_aux=True)(sam)
         opt.update(sam, grads)
-        return loss, jnp.mean(iou(pred, targets)), jnp.mean(iou(pred, unions))
+        return loss, pred
 
     draw = jax.jit(draw_points)
     preprocess = jax.jit(lambda frames: glus_lib.sam_preprocess(frames, size))
@@ -217,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         frames, targets, unions = data.batch(args.batch)
         points = draw(jnp.asarray(targets), jax.random.key(i))
         pixels = preprocess(jnp.asarray(frames))
-        metrics = [float(x) for x in step(sam, opt, pixels, jnp.asarray(targets), jnp.asarray(unions), points)]
+        loss, pred = step(sam, opt, pixels, jnp.asarray(targets), points)
+        pred = np.asarray(pred)
+        metrics = [float(loss), float(np.mean(jaccard(targets, pred))), float(np.mean(jaccard(unions, pred)))]
         if torch_step is not None:
             metrics += torch_step(np.asarray(pixels), targets, unions, np.asarray(points) * scale)
         window.append(metrics)
@@ -235,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
             window = []
     targets = np.concatenate(seen["targets"])
-    all_objects = float(np.mean(iou(jnp.asarray(np.concatenate(seen["unions"])), jnp.asarray(targets))))
+    all_objects = float(np.mean(jaccard(targets, np.concatenate(seen["unions"]))))
     disk = disk_reference(np.concatenate(seen["points"]), targets)
     best_r = max(disk, key=disk.get)
     print(f"references on the same prompts: all_objects iou {all_objects:.3f}, "
