@@ -1,7 +1,9 @@
 """Does the world model's SAM2, trained from scratch, learn to *select* the object a prompt points at?
 
   .venv/bin/python -m benchmarks.sam_selection [--steps 600] [--batch 8] [--lr 1e-3] [--torch]
-                                               [--bce-weight 2.0] [--dice-weight 0.5] [--out runs/sam_selection]
+                                               [--prompt point|appearance] [--prompt-scale 1.0]
+                                               [--bce-weight 2.0] [--dice-weight 0.5]
+                                               [--out runs/sam_selection]
 
 A diagnostic for issue #8, at ~1 min per 400 steps instead of a 20-minute world-model run. It trains the
 SAM2 of the `synthetic_world` preset (image encoder, prompt encoder, mask decoder; empty memory, as on a
@@ -21,6 +23,11 @@ radius around the point: a decoder that uses the point but not the image).
 `--torch` trains the PyTorch `sam2` package's SAM2 of the same sizes (its own random init, the same
 optimizer, schedule and losses) on the very same pixels and points, and prints its figures beside ours: if
 both stall the same way, the cause is SAM2's design at this size, not the port.
+
+`--prompt appearance` replaces the point by what a perfect LLM could say about the target: a learned
+colour vector plus a learned shape vector (init N(0, prompt_scale^2) at the decoder's width), given to the
+decoder as GLUS gives its [SEG] prompt. Its reference is `lookalikes`: the IoU of the union of every
+object of the target's colour and shape, the best a selection by appearance can do.
 
 Data: `--data` (MeViS layout, default runs/world_data/mevis, split train; generated with
 `glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0` when absent).
@@ -74,18 +81,41 @@ class PointPrompts:
             self._cache[name] = (frames, np.asarray(masks, bool))
         return self._cache[name]
 
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(frames [n, H, W, 3] uint8, target masks [n, H, W], all-objects masks [n, H, W])."""
-        frames, targets, unions = [], [], []
-        while len(frames) < n:
-            video, masks = self._video(self.videos[self.rng.integers(len(self.videos))])
+    def batch(self, n: int) -> tuple[np.ndarray, ...]:
+        """(frames [n, H, W, 3] uint8, target masks [n, H, W], all-objects masks [n, H, W], the masks of
+        every object that looks like the target [n, H, W], the target's (colour, shape) indices [n, 2])."""
+        samples = []
+        while len(samples) < n:
+            name = self.videos[self.rng.integers(len(self.videos))]
+            video, masks = self._video(name)
             t, o = self.rng.integers(len(video)), self.rng.integers(len(masks))
-            if masks[o, t].sum() < 4:  # out of view or a sliver
-                continue
-            frames.append(video[t])
-            targets.append(masks[o, t])
-            unions.append(masks[:, t].any(axis=0))
-        return np.stack(frames), np.stack(targets), np.stack(unions)
+            if masks[o, t].sum() >= 4:  # not out of view or a sliver
+                samples.append(self.sample(name, t, o))
+        return tuple(np.stack(field) for field in zip(*samples))
+
+    def sample(self, name: str, t: int, o: int) -> tuple[np.ndarray, ...]:
+        """One of :meth:`batch`'s rows: object `o` of video `name` at frame `t`."""
+        video, masks = self._video(name)
+        looks = [self._appearance(name, i) for i in range(len(masks))]
+        same = [i for i in range(len(masks)) if looks[i] == looks[o]]
+        here = masks[:, t]
+        return video[t], here[o], here.any(0), here[same].any(0), np.array(looks[o], np.int32)
+
+    def _appearance(self, video: str, index: int) -> tuple[int, int]:
+        obj = list(self.info["videos"][video]["objects"].values())[index]
+        return list(synthetic.COLORS).index(obj["color"]), synthetic.SHAPES.index(obj["shape"])
+
+
+class AppearancePrompt(nnx.Module):
+    """The `--prompt appearance` prompt: a learned colour vector plus a learned shape vector, the sparse
+    prompt a perfect LLM could hand SAM2 for "the <colour> <shape>" (random init at the decoder's width)."""
+
+    def __init__(self, dim: int, scale: float, rngs: nnx.Rngs):
+        self.colour = nnx.Param(scale * jax.random.normal(rngs.params(), (len(synthetic.COLORS), dim)))
+        self.shape = nnx.Param(scale * jax.random.normal(rngs.params(), (len(synthetic.SHAPES), dim)))
+
+    def __call__(self, attrs: jax.Array) -> jax.Array:
+        return self.colour[...][attrs[:, 0]] + self.shape[...][attrs[:, 1]]
 
 
 def draw_points(masks: jax.Array, key: jax.Array) -> jax.Array:
@@ -155,6 +185,23 @@ def torch_trainer(args, schedule):
     return step
 
 
+def save_with_sam(path: Path, sam: SAM2Model, settings: dict) -> None:
+    """A `synthetic_world` model directory at `path`: random LLaVA, this SAM2."""
+    from glus_jax.data.synthetic_tokenizer import world_tokenizer_dir
+    from glus_jax.data.tokenizer import GLUSTokenizer
+    from glus_jax.models import io
+
+    model = glus_lib.GLUS(glus_lib.synthetic_world(image_size=sam.cfg.image_size), rngs=nnx.Rngs(0))
+    model.visual_model = sam
+    tokenizer = GLUSTokenizer.from_dir(world_tokenizer_dir(), add_glus_tokens=False)
+    io.save_model(path, model, tokenizer, source={"benchmarks.sam_selection": settings})
+
+
+class Trainee(nnx.Module):
+    def __init__(self, sam: SAM2Model, appearance: AppearancePrompt):
+        self.sam, self.appearance = sam, appearance
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("runs/world_data/mevis"))
@@ -166,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dice-weight", type=float, default=0.5)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", choices=("point", "appearance"), default="point",
+                   help="point: a positive point in the target; appearance: a learned colour + shape vector")
+    p.add_argument("--prompt-scale", type=float, default=1.0, help="init scale of the appearance vectors")
     p.add_argument("--torch", action="store_true", help="also train the sam2 package's twin on the same prompts")
     p.add_argument("--out", type=Path, default=Path("runs/sam_selection"))
+    p.add_argument("--save", type=Path, help="also write a world-model directory holding the trained SAM2 "
+                   "(random LLM), for `glus-jax train --config.model.sam2_from=DIR`")
     args = p.parse_args(argv)
 
     if not (args.data / "train" / "synthetic.json").exists():
@@ -175,22 +227,27 @@ def main(argv: list[str] | None = None) -> int:
     data = PointPrompts(args.data, "train", args.videos, args.seed)
     cfg = glus_lib.synthetic_world().sam2
     size = cfg.image_size
-    sam = SAM2Model(cfg, rngs=nnx.Rngs(args.seed))
+    if args.torch and args.prompt != "point":
+        p.error("--torch trains point prompts only")
+    rngs = nnx.Rngs(args.seed)
+    trainee = Trainee(SAM2Model(cfg, rngs=rngs), AppearancePrompt(cfg.hidden_dim, args.prompt_scale, rngs))
     opt_cfg = opt_lib.OptimizerConfig(lr=args.lr, warmup_steps=min(100, args.steps // 4), total_steps=args.steps)
-    opt = nnx.Optimizer(sam, opt_lib.make_optimizer(opt_cfg), wrt=nnx.Param)
+    opt = nnx.Optimizer(trainee, opt_lib.make_optimizer(opt_cfg), wrt=nnx.Param)
 
     scale = size / np.asarray(data.frame_size[::-1], np.float32)  # frame (x, y) -> SAM2 pixels
     torch_step = torch_trainer(args, opt_lib.lr_schedule(opt_cfg)) if args.torch else None
 
     @nnx.jit
-    def step(sam, opt, pixels, targets, points):
-        def loss_fn(sam):
+    def step(trainee, opt, pixels, targets, points, attrs):
+        def loss_fn(trainee):
+            sam = trainee.sam
             feats = sam.encode_image(pixels)
+            if args.prompt == "point":
+                prompt = {"points": ((points * scale)[:, None], jnp.ones((len(points), 1), jnp.int32))}
+            else:
+                prompt = {"text_embeds": trainee.appearance(attrs)}
             out = sam.decode(
-                sam.add_no_mem_embed(feats.vision_features),
-                feats.high_res_feats,
-                points=((points * scale)[:, None], jnp.ones((len(points), 1), jnp.int32)),
-                training=True,
+                sam.add_no_mem_embed(feats.vision_features), feats.high_res_feats, training=True, **prompt
             )
             logits = glus_lib.upsample_logits(out.masks[:, 0], targets.shape[1:])
             t = targets.astype(jnp.float32)
@@ -198,19 +255,19 @@ def main(argv: list[str] | None = None) -> int:
             dice = jnp.mean(losses.per_mask_dice(logits, t))
             return args.bce_weight * bce + args.dice_weight * dice, logits > 0
 
-        (loss, pred), grads = nnx.value_and_grad(loss_fn, has_aux=True)(sam)
-        opt.update(sam, grads)
+        (loss, pred), grads = nnx.value_and_grad(loss_fn, has_aux=True)(trainee)
+        opt.update(trainee, grads)
         return loss, pred
 
     draw = jax.jit(draw_points)
     preprocess = jax.jit(lambda frames: glus_lib.sam_preprocess(frames, size))
-    rows, window, seen = [], [], {"points": [], "targets": [], "unions": []}
+    rows, window, seen = [], [], {"points": [], "targets": [], "unions": [], "lookalikes": []}
     t0 = time.perf_counter()
     for i in range(args.steps):
-        frames, targets, unions = data.batch(args.batch)
+        frames, targets, unions, lookalikes, attrs = data.batch(args.batch)
         points = draw(jnp.asarray(targets), jax.random.key(i))
         pixels = preprocess(jnp.asarray(frames))
-        loss, pred = step(sam, opt, pixels, jnp.asarray(targets), points)
+        loss, pred = step(trainee, opt, pixels, jnp.asarray(targets), points, jnp.asarray(attrs))
         pred = np.asarray(pred)
         metrics = [float(loss), float(np.mean(jaccard(targets, pred))), float(np.mean(jaccard(unions, pred)))]
         if torch_step is not None:
@@ -219,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         seen["points"].append(np.asarray(points))
         seen["targets"].append(targets)
         seen["unions"].append(unions)
+        seen["lookalikes"].append(lookalikes)
         if (i + 1) % args.log_every == 0:
             m = np.mean(window, axis=0)
             row = {"step": i + 1, "loss": m[0], "iou": m[1], "iou_all": m[2], "seconds": time.perf_counter() - t0}
@@ -232,15 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     targets = np.concatenate(seen["targets"])
     all_objects = float(np.mean(jaccard(targets, np.concatenate(seen["unions"]))))
     disk = disk_reference(np.concatenate(seen["points"]), targets)
+    lookalikes = float(np.mean(jaccard(targets, np.concatenate(seen["lookalikes"]))))
     best_r = max(disk, key=disk.get)
     print(f"references on the same prompts: all_objects iou {all_objects:.3f}, "
-          f"disk iou {disk[best_r]:.3f} (radius {best_r})")
+          f"disk iou {disk[best_r]:.3f} (radius {best_r}), lookalikes iou {lookalikes:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "references": {"all_objects": all_objects, "disk": disk}, "rows": rows}
+              "references": {"all_objects": all_objects, "disk": disk, "lookalikes": lookalikes},
+              "rows": rows}
     tmp = args.out / "sam_selection.json.partial"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, args.out / "sam_selection.json")
+    if args.save:
+        save_with_sam(args.save, trainee.sam, result["settings"])
     return 0
 
 

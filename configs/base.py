@@ -17,6 +17,9 @@ def base_config() -> ConfigDict:
             sam2_checkpoint="",  # sam2_hiera_large.pt
             sam2_config="hiera_l",  # SAM2 preset name or original yaml
             tokenizer="",
+            # Random presets only: a glus-jax model directory whose SAM2 (same architecture) replaces the
+            # random one, as GLUS starts from a pretrained SAM2 (e.g. `benchmarks.sam_selection --save`).
+            sam2_from="",
             dtype="bfloat16",  # compute dtype; params stay float32
             remat=True,  # rematerialise LLM blocks in training
             # Random presets only (train.loop.scale_init): LLaMA q/k and the [SEG] projection's init x these.

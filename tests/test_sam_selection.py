@@ -50,3 +50,89 @@ def test_two_steps_end_to_end_with_the_pytorch_twin(tmp_path):
             assert np.isfinite(row[side + "loss"]) and 0 <= row[side + "iou"] <= 1 and 0 <= row[side + "iou_all"] <= 1
     assert 0 < r["references"]["all_objects"] <= 1
     assert set(r["references"]["disk"]) == {str(x) for x in sam_selection.DISK_RADII}
+
+
+def test_lookalikes_are_every_object_of_the_targets_colour_and_shape(tmp_path):
+    data = tmp_path / "mevis"
+    synthetic.generate(data, "train", 4, 0)
+    prompts = sam_selection.PointPrompts(data, "train", 4, 0)
+    info = synthetic.load_info(data, "train")
+    checked = 0
+    for name in prompts.videos:
+        _, masks, _ = synthetic.load_object_masks(data, "train", name, info)
+        objs = list(info["videos"][name]["objects"].values())
+        t = masks.shape[1] // 2
+        for o, obj in enumerate(objs):
+            frame, target, union, lookalikes, attrs = prompts.sample(name, t, o)
+            same = [(q["color"], q["shape"]) == (obj["color"], obj["shape"]) for q in objs]
+            np.testing.assert_array_equal(lookalikes, masks[np.flatnonzero(same), t].any(axis=0))
+            np.testing.assert_array_equal(target, masks[o, t])
+            np.testing.assert_array_equal(union, masks[:, t].any(axis=0))
+            colour, shape = list(synthetic.COLORS).index(obj["color"]), synthetic.SHAPES.index(obj["shape"])
+            assert attrs.tolist() == [colour, shape]
+            checked += sum(same) > 1
+    assert checked > 0  # a target with a lookalike was among them, so the union above was not just the target
+    frames, targets, unions, lookalikes, attrs = prompts.batch(5)
+    assert frames.shape == (5, 128, 128, 3) and attrs.shape == (5, 2)
+    assert (lookalikes >= targets).all() and (unions >= lookalikes).all()
+
+
+def test_two_steps_with_appearance_prompts(tmp_path):
+    data = tmp_path / "mevis"
+    synthetic.generate(data, "train", 2, 0)
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--videos", "2", "--steps", "2", "--batch", "2", "--log-every", "1",
+            "--prompt", "appearance", "--prompt-scale", "4", "--out", str(out)]
+    assert sam_selection.main(argv) == 0
+    r = json.loads((out / "sam_selection.json").read_text())
+    assert r["settings"]["prompt"] == "appearance"
+    assert r["references"]["all_objects"] <= r["references"]["lookalikes"] <= 1
+
+
+def test_saved_sam2_warm_starts_a_world_model_run(tmp_path):
+    """`--save DIR` then `model.sam2_from=DIR`: the run's SAM2 is the benchmark's, everything else random;
+    a model directory of another SAM2 architecture is refused naming the directory."""
+    import dataclasses
+
+    import pytest
+    from flax import nnx
+
+    from configs import synthetic as synthetic_config
+    from glus_jax.config import ConfigError
+    from glus_jax.models import glus as glus_lib
+    from glus_jax.models import io
+    from glus_jax.train import loop
+
+    data = tmp_path / "mevis"
+    synthetic.generate(data, "train", 2, 0)
+    saved = tmp_path / "sam"
+    argv = ["--data", str(data), "--videos", "2", "--steps", "1", "--batch", "2", "--log-every", "1",
+            "--prompt", "appearance", "--out", str(tmp_path / "out"), "--save", str(saved)]
+    assert sam_selection.main(argv) == 0
+
+    def params(module):
+        return {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+    cfg = synthetic_config.get_config()
+    random_model = loop.build_model(cfg)[0]
+    cfg.model.sam2_from = str(saved)
+    model, _, source = loop.build_model(cfg)
+    want = params(io.load_model(saved)[0].visual_model)
+    got, fresh = params(model.visual_model), params(random_model.visual_model)
+    assert source["sam2_from"] == str(saved)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert any(not np.array_equal(fresh[k], want[k]) for k in want)  # the load changed something
+    for k, v in params(random_model.llava).items():  # the LLM is the same random init either way
+        np.testing.assert_array_equal(params(model.llava)[k], v, err_msg=k)
+
+    # Another SAM2 architecture (its object-pointer projection an MLP instead of a Linear) is refused.
+    base = glus_lib.synthetic_world()
+    flipped = not base.sam2.use_mlp_for_obj_ptr_proj
+    other_cfg = dataclasses.replace(base, sam2=dataclasses.replace(base.sam2, use_mlp_for_obj_ptr_proj=flipped))
+    other = tmp_path / "other"
+    io.save_model(other, glus_lib.GLUS(other_cfg, rngs=nnx.Rngs(0)), io.load_model(saved)[1])
+    cfg.model.sam2_from = str(other)
+    with pytest.raises(ConfigError, match=f"{other}.*another architecture.*obj_ptr_proj"):
+        loop.build_model(cfg)

@@ -258,6 +258,25 @@ def _convert(config: Any) -> tuple[GLUS, GLUSTokenizer, dict]:
     return model, tokenizer, source
 
 
+def load_sam2_from(model: GLUS, path: Path) -> None:
+    """Replace `model`'s SAM2 by the one of the glus-jax model directory `path`, in place. The two SAM2s
+    must have the same parameters (names and shapes); only their input size may differ."""
+    from glus_jax.models.io import load_model
+    from tools.convert_weights.engine import load_into, param_shapes, path_str
+
+    source = load_model(path)[0].visual_model
+    want, have = param_shapes(model.visual_model), param_shapes(source)
+    diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {have.get(k, 'missing')} (want {want.get(k, 'none')})" for k in diff[:4])
+        raise ConfigError(
+            f"model.sam2_from {path}: its SAM2 is another architecture "
+            f"({len(diff)} parameters differ: {shown})"
+        )
+    params = {path_str(k): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(source, nnx.Param))}
+    load_into(model.visual_model, params, what=f"SAM2 of {path}")
+
+
 def build_model(
     config: Any, mesh: jax.sharding.Mesh | None = None, rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES
 ) -> tuple[GLUS, GLUSTokenizer, dict]:
@@ -286,6 +305,9 @@ def build_model(
         model = GLUS(cfg, rngs=nnx.Rngs(seed))
         scale_init(model, qk=float(m.qk_init_scale), prompt=float(m.prompt_init_scale))
         source = {"preset": m.preset, "seed": seed}
+        if m.sam2_from:
+            load_sam2_from(model, Path(m.sam2_from))
+            source["sam2_from"] = str(m.sam2_from)
     llama_lib.init_lora(model, nnx.Rngs(seed + 1))
     if tokenizer.seg_token_id != model.config.seg_token_id:
         raise ConfigError(
