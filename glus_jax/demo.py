@@ -104,6 +104,8 @@ def _check_model_dir(model_dir: Path, embedded: bool) -> None:
         raise DemoError(
             f"the embedded model is missing: {model_dir} has no model directory (config.yaml).\n"
             f"  Train it:  glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0\n"
+            f"             python -m benchmarks.sam_selection --prompt appearance --prompt-scale 4 "
+            f"--bce-weight 0 --dice-weight 1 --steps 600 --out runs/sam_pre --save runs/sam_pre/model\n"
             f"             glus-jax train --config configs/synthetic.py --workdir runs/world\n"
             f"             and copy runs/world/model to {model_dir};\n"
             f"  or pass --model DIR (any glus-jax model directory of the world tokenizer), or --random-model to "
