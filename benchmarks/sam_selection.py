@@ -198,7 +198,9 @@ def save_with_sam(path: Path, sam: SAM2Model, settings: dict) -> None:
 
 
 class Trainee(nnx.Module):
-    def __init__(self, sam: SAM2Model, appearance: AppearancePrompt):
+    """What the optimizer trains: SAM2, and the appearance prompt vectors with `--prompt appearance`."""
+
+    def __init__(self, sam: SAM2Model, appearance: AppearancePrompt | None):
         self.sam, self.appearance = sam, appearance
 
 
@@ -230,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch and args.prompt != "point":
         p.error("--torch trains point prompts only")
     rngs = nnx.Rngs(args.seed)
-    trainee = Trainee(SAM2Model(cfg, rngs=rngs), AppearancePrompt(cfg.hidden_dim, args.prompt_scale, rngs))
+    sam = SAM2Model(cfg, rngs=rngs)
+    appearance = None
+    if args.prompt == "appearance":
+        appearance = AppearancePrompt(cfg.hidden_dim, args.prompt_scale, rngs)
+    trainee = Trainee(sam, appearance)
     opt_cfg = opt_lib.OptimizerConfig(lr=args.lr, warmup_steps=min(100, args.steps // 4), total_steps=args.steps)
     opt = nnx.Optimizer(trainee, opt_lib.make_optimizer(opt_cfg), wrt=nnx.Param)
 

@@ -109,7 +109,8 @@ def test_saved_sam2_warm_starts_a_world_model_run(tmp_path):
     random_model = loop.build_model(cfg)[0]
     cfg.model.sam2_from = str(saved)
     model, _, source = loop.build_model(cfg)
-    want = params(io.load_model(saved)[0].visual_model)
+    saved_model, saved_tokenizer, _ = io.load_model(saved)
+    want = params(saved_model.visual_model)
     got, fresh = params(model.visual_model), params(random_model.visual_model)
     assert source["sam2_from"] == str(saved)
     assert got.keys() == want.keys()
@@ -124,7 +125,7 @@ def test_saved_sam2_warm_starts_a_world_model_run(tmp_path):
     flipped = not base.sam2.use_mlp_for_obj_ptr_proj
     other_cfg = dataclasses.replace(base, sam2=dataclasses.replace(base.sam2, use_mlp_for_obj_ptr_proj=flipped))
     other = tmp_path / "other"
-    io.save_model(other, glus_lib.GLUS(other_cfg, rngs=nnx.Rngs(0)), io.load_model(saved)[1])
+    io.save_model(other, glus_lib.GLUS(other_cfg, rngs=nnx.Rngs(0)), saved_tokenizer)
     cfg.model.sam2_from = str(other)
     with pytest.raises(ConfigError, match=f"{other}.*another architecture.*obj_ptr_proj"):
         loop.build_model(cfg)
