@@ -29,6 +29,11 @@ colour vector plus a learned shape vector (init N(0, prompt_scale^2) at the deco
 decoder as GLUS gives its [SEG] prompt. Its reference is `lookalikes`: the IoU of the union of every
 object of the target's colour and shape, the best a selection by appearance can do.
 
+At the end it prints where the predicted pixels of the last `--log-every` steps fall (mean share per
+non-empty mask): the target, its lookalikes, objects of the target's colour but another shape, of its
+shape but another colour, other objects, background. With `--prompt appearance` the two middle shares say
+whether the decoder selects by colour, by shape, or by both.
+
 Data: `--data` (MeViS layout, default runs/world_data/mevis, split train; generated with
 `glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0` when absent).
 Writes OUT/sam_selection.json: the settings, references and the logged rows.
@@ -83,7 +88,8 @@ class PointPrompts:
 
     def batch(self, n: int) -> tuple[np.ndarray, ...]:
         """(frames [n, H, W, 3] uint8, target masks [n, H, W], all-objects masks [n, H, W], the masks of
-        every object that looks like the target [n, H, W], the target's (colour, shape) indices [n, 2])."""
+        every object that looks like the target [n, H, W], the target's (colour, shape) indices [n, 2],
+        the masks of the objects that share only its colour [n, H, W], and only its shape [n, H, W])."""
         samples = []
         while len(samples) < n:
             name = self.videos[self.rng.integers(len(self.videos))]
@@ -97,9 +103,12 @@ class PointPrompts:
         """One of :meth:`batch`'s rows: object `o` of video `name` at frame `t`."""
         video, masks = self._video(name)
         looks = [self._appearance(name, i) for i in range(len(masks))]
-        same = [i for i in range(len(masks)) if looks[i] == looks[o]]
-        here = masks[:, t]
-        return video[t], here[o], here.any(0), here[same].any(0), np.array(looks[o], np.int32)
+        (colour, shape), here = looks[o], masks[:, t]
+        same = [i for i, look in enumerate(looks) if look == (colour, shape)]
+        colour_only = [i for i, (c, s) in enumerate(looks) if c == colour and s != shape]
+        shape_only = [i for i, (c, s) in enumerate(looks) if s == shape and c != colour]
+        return (video[t], here[o], here.any(0), here[same].any(0), np.array(looks[o], np.int32),
+                here[colour_only].any(0), here[shape_only].any(0))
 
     def _appearance(self, video: str, index: int) -> tuple[int, int]:
         obj = list(self.info["videos"][video]["objects"].values())[index]
@@ -134,6 +143,23 @@ def disk_reference(points: np.ndarray, targets: np.ndarray) -> dict[int, float]:
         disks = (yy - points[:, 1, None, None]) ** 2 + (xx - points[:, 0, None, None]) ** 2 <= r * r
         out[r] = float(np.mean(jaccard(targets, disks)))
     return out
+
+
+SHARES = ("target", "lookalikes", "same_colour", "same_shape", "other_objects", "background")
+
+
+def pixel_shares(pred, targets, lookalikes, same_colour, same_shape, unions) -> np.ndarray:
+    """Where each non-empty mask's predicted pixels fall, as fractions [n, len(SHARES)] summing to 1 per
+    row (rows of empty masks dropped): the target, its lookalikes (same colour and shape), objects that
+    share only its colour, only its shape, any other object, the background. A pixel counts for the
+    first of these that covers it. All inputs [n, H, W] bool."""
+    regions, taken = [], np.zeros_like(pred)
+    for region in (targets, lookalikes, same_colour, same_shape, unions, np.ones_like(pred)):
+        regions.append(region & ~taken)
+        taken = taken | region
+    counts = np.stack([(pred & r).sum((1, 2)) for r in regions], axis=1).astype(np.float64)
+    total = counts.sum(1, keepdims=True)
+    return counts[total[:, 0] > 0] / total[total[:, 0] > 0]
 
 
 def torch_trainer(args, schedule):
@@ -267,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
 
     draw = jax.jit(draw_points)
     preprocess = jax.jit(lambda frames: glus_lib.sam_preprocess(frames, size))
-    rows, window, seen = [], [], {"points": [], "targets": [], "unions": [], "lookalikes": []}
+    rows, window, seen = [], [], {"points": [], "targets": [], "unions": [], "lookalikes": [], "shares": []}
     t0 = time.perf_counter()
     for i in range(args.steps):
-        frames, targets, unions, lookalikes, attrs = data.batch(args.batch)
+        frames, targets, unions, lookalikes, attrs, same_colour, same_shape = data.batch(args.batch)
         points = draw(jnp.asarray(targets), jax.random.key(i))
         pixels = preprocess(jnp.asarray(frames))
         loss, pred = step(trainee, opt, pixels, jnp.asarray(targets), points, jnp.asarray(attrs))
@@ -283,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         seen["targets"].append(targets)
         seen["unions"].append(unions)
         seen["lookalikes"].append(lookalikes)
+        seen["shares"].append(pixel_shares(pred, targets, lookalikes, same_colour, same_shape, unions))
         if (i + 1) % args.log_every == 0:
             m = np.mean(window, axis=0)
             row = {"step": i + 1, "loss": m[0], "iou": m[1], "iou_all": m[2], "seconds": time.perf_counter() - t0}
@@ -300,10 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     best_r = max(disk, key=disk.get)
     print(f"references on the same prompts: all_objects iou {all_objects:.3f}, "
           f"disk iou {disk[best_r]:.3f} (radius {best_r}), lookalikes iou {lookalikes:.3f}")
+    # Over the last logged window: what the masks have learnt to select by, not how they started.
+    last = np.concatenate(seen["shares"][-args.log_every:])
+    shares = dict(zip(SHARES, (last.mean(0) if len(last) else np.full(len(SHARES), np.nan)).tolist()))
+    print(f"predicted pixels over the last {args.log_every} steps: "
+          + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in shares.items()))
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "references": {"all_objects": all_objects, "disk": disk, "lookalikes": lookalikes},
-              "rows": rows}
+              "rows": rows, "shares": shares}
     tmp = args.out / "sam_selection.json.partial"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, args.out / "sam_selection.json")

@@ -50,6 +50,9 @@ def test_two_steps_end_to_end_with_the_pytorch_twin(tmp_path):
             assert np.isfinite(row[side + "loss"]) and 0 <= row[side + "iou"] <= 1 and 0 <= row[side + "iou_all"] <= 1
     assert 0 < r["references"]["all_objects"] <= 1
     assert set(r["references"]["disk"]) == {str(x) for x in sam_selection.DISK_RADII}
+    assert list(r["shares"]) == list(sam_selection.SHARES)
+    total = sum(r["shares"].values())  # NaN when no mask of the last step predicted a pixel
+    assert np.isnan(total) or abs(total - 1) < 1e-6
 
 
 def test_lookalikes_are_every_object_of_the_targets_colour_and_shape(tmp_path):
@@ -63,18 +66,37 @@ def test_lookalikes_are_every_object_of_the_targets_colour_and_shape(tmp_path):
         objs = list(info["videos"][name]["objects"].values())
         t = masks.shape[1] // 2
         for o, obj in enumerate(objs):
-            frame, target, union, lookalikes, attrs = prompts.sample(name, t, o)
+            frame, target, union, lookalikes, attrs, same_colour, same_shape = prompts.sample(name, t, o)
             same = [(q["color"], q["shape"]) == (obj["color"], obj["shape"]) for q in objs]
+            colour_only = [q["color"] == obj["color"] and q["shape"] != obj["shape"] for q in objs]
+            shape_only = [q["shape"] == obj["shape"] and q["color"] != obj["color"] for q in objs]
             np.testing.assert_array_equal(lookalikes, masks[np.flatnonzero(same), t].any(axis=0))
+            np.testing.assert_array_equal(same_colour, masks[np.flatnonzero(colour_only), t].any(axis=0))
+            np.testing.assert_array_equal(same_shape, masks[np.flatnonzero(shape_only), t].any(axis=0))
             np.testing.assert_array_equal(target, masks[o, t])
             np.testing.assert_array_equal(union, masks[:, t].any(axis=0))
             colour, shape = list(synthetic.COLORS).index(obj["color"]), synthetic.SHAPES.index(obj["shape"])
             assert attrs.tolist() == [colour, shape]
             checked += sum(same) > 1
     assert checked > 0  # a target with a lookalike was among them, so the union above was not just the target
-    frames, targets, unions, lookalikes, attrs = prompts.batch(5)
+    frames, targets, unions, lookalikes, attrs, same_colour, same_shape = prompts.batch(5)
     assert frames.shape == (5, 128, 128, 3) and attrs.shape == (5, 2)
     assert (lookalikes >= targets).all() and (unions >= lookalikes).all()
+    assert (unions >= same_colour).all() and (unions >= same_shape).all()
+
+
+def test_pixel_shares_count_each_pixel_once_in_the_first_region_that_covers_it():
+    z = np.zeros((2, 4, 10), bool)
+    target, look, colour, shape, union = (z.copy() for _ in range(5))
+    target[0, 0, :2] = look[0, 0, :4] = True  # a lookalike region that includes the target: 2 pixels more
+    colour[0, 1, :3] = shape[0, 2, :1] = True
+    union[0] = target[0] | look[0] | colour[0] | shape[0]
+    union[0, 3, :2] = True  # another object
+    pred = z.copy()
+    pred[0, :, :] = True  # 40 pixels: 2 target, 2 lookalike, 3 colour, 1 shape, 2 other, 30 background
+    shares = sam_selection.pixel_shares(pred, target, look, colour, shape, union)
+    assert shares.shape == (1, len(sam_selection.SHARES))  # the second mask predicts nothing: dropped
+    np.testing.assert_allclose(shares[0], np.array([2, 2, 3, 1, 2, 30]) / 40)
 
 
 def test_saved_sam2_warm_starts_a_world_model_run(tmp_path):
