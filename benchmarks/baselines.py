@@ -10,8 +10,11 @@ each video with each expression-blind baseline of `synthetic.expression_blind_ba
 object's *ground-truth* mask and track, only not the expression: "the largest moving object", "the
 largest object", "all objects"), and with the appearance oracle (`synthetic.appearance_oracle_masks`: the
 ground-truth masks of every object of the colour and shape the expression names, i.e. what grounding
-appearance alone can reach), writes the predictions in the benchmark layout and scores them with our
-MeViS evaluator (`glus_jax.eval.evaluate("mevis", ...)`, the J&F of `glus-jax evaluate`).
+appearance alone can reach), and with three oracles told which objects are meant
+(`synthetic.target_lookalike_masks`: every object sharing the targets' colour, their shape, or both: what
+a decoder that selects only by colour, only by shape, or by both can reach), writes the predictions in the
+benchmark layout and scores them with our MeViS evaluator (`glus_jax.eval.evaluate("mevis", ...)`, the
+J&F of `glus-jax evaluate`).
 
 `--model DIR` also segments the same videos with a GLUS model directory through the command line
 (`glus-jax segment --dataset ... --benchmark mevis` then `glus-jax evaluate --benchmark mevis`) and
@@ -44,6 +47,11 @@ BASELINES = ("largest_moving", "largest", "all_objects")
 # Not blind: every object of the colour and shape the expression names, with ground-truth masks. What
 # appearance alone can reach; the rest needs motion, events, order and position.
 APPEARANCE_ORACLE = "appearance_oracle"
+# Not blind either: the model is told which objects are meant and selects every object that shares their
+# colour, their shape, or both (`synthetic.target_lookalike_masks`). What a decoder that selects only by
+# colour, only by shape, or by both can reach with a perfect LLM and perfect masks.
+TARGET_ORACLES = {"target_colour_oracle": ("color",), "target_shape_oracle": ("shape",),
+                  "target_appearance_oracle": ("color", "shape")}
 
 
 def generate_videos(data_root: Path, num_videos: int, seed: int) -> Path:
@@ -63,19 +71,23 @@ def _pngs(masks: np.ndarray) -> list[Image.Image]:
 
 
 def write_reference_predictions(data_root: Path, pred_root: Path) -> dict[str, Path]:
-    """For each baseline and the appearance oracle, pred_root/<name>/<video>/<exp_id>/<frame>.png (0/255)
+    """For each baseline and oracle, pred_root/<name>/<video>/<exp_id>/<frame>.png (0/255)
     for every expression (the blind baselines give the same masks to all expressions of a video)."""
     info = synthetic.load_info(data_root / "mevis", SPLIT)
     meta = json.loads((data_root / "mevis" / SPLIT / "meta_expressions.json").read_text())["videos"]
-    out = {name: pred_root / name for name in (*BASELINES, APPEARANCE_ORACLE)}
+    out = {name: pred_root / name for name in (*BASELINES, APPEARANCE_ORACLE, *TARGET_ORACLES)}
     for video, vd in meta.items():
         obj_ids, masks, centers = synthetic.load_object_masks(data_root / "mevis", SPLIT, video, info)
         objects = info["videos"][video]["objects"]
         appearances = [(objects[o]["color"], objects[o]["shape"]) for o in obj_ids]
         blind = {name: _pngs(m) for name, m in synthetic.expression_blind_baselines(masks, centers).items()}
         for exp_id, e in vd["expressions"].items():
-            oracle = _pngs(synthetic.appearance_oracle_masks(e["exp"], appearances, masks))
-            for name, pngs in {**blind, APPEARANCE_ORACLE: oracle}.items():
+            named = synthetic.appearance_oracle_masks(e["exp"], appearances, masks)
+            oracles = {APPEARANCE_ORACLE: _pngs(named)}
+            targets = [obj_ids.index(o) for o in e["obj_id"]]
+            for name, by in TARGET_ORACLES.items():
+                oracles[name] = _pngs(synthetic.target_lookalike_masks(targets, appearances, masks, by))
+            for name, pngs in {**blind, **oracles}.items():
                 d = out[name] / video / exp_id
                 d.mkdir(parents=True, exist_ok=True)
                 for frame, im in zip(vd["frames"], pngs):

@@ -493,6 +493,39 @@ def test_appearance_oracle_covers_the_targets_and_is_exact_when_appearance_suffi
         True, True, True]
 
 
+def test_target_lookalikes_share_the_named_attributes_of_a_target():
+    looks = [("red", "circle"), ("red", "square"), ("blue", "circle"), ("red", "circle"), ("green", "star")]
+    m = np.eye(5, dtype=bool)[:, None, :, None].repeat(2, 1)  # object i = pixel row i, 2 frames
+
+    def rows(targets, by):
+        out = syn.target_lookalike_masks(targets, looks, m, by)
+        assert out.shape == (2, 5, 1) and (out[0] == out[1]).all()
+        return np.flatnonzero(out[0, :, 0]).tolist()
+
+    assert rows([0], ("color", "shape")) == [0, 3]  # the target and its twin
+    assert rows([0], ("color",)) == [0, 1, 3]
+    assert rows([0], ("shape",)) == [0, 2, 3]
+    assert rows([1, 4], ("color",)) == [0, 1, 3, 4]  # several targets: the union
+    with pytest.raises(ValueError, match="color.*shape.*size"):
+        syn.target_lookalike_masks([0], looks, m, ("size",))
+
+
+def test_baselines_benchmark_orders_its_oracles(tmp_path):
+    """benchmarks/baselines.py without a model, on 2 held-out videos: every row scored, and J ordered as it
+    must be when each prediction covers the target (a larger superset can only lower J)."""
+    from benchmarks import baselines
+
+    assert baselines.main(["--videos", "2", "--out", str(tmp_path), "--workers", "1"]) == 0
+    r = json.loads((tmp_path / "baselines.json").read_text())
+    rows = r["rows"]
+    assert set(rows) == {*baselines.BASELINES, baselines.APPEARANCE_ORACLE, *baselines.TARGET_ORACLES}
+    j = {name: row["J"] for name, row in rows.items()}
+    assert j["target_appearance_oracle"] >= max(j["target_colour_oracle"], j["target_shape_oracle"])
+    assert min(j["target_colour_oracle"], j["target_shape_oracle"]) >= j["all_objects"]
+    assert j["target_appearance_oracle"] >= j["appearance_oracle"]  # told the objects, not just their words
+    assert r["best_blind"] in baselines.BASELINES
+
+
 def test_cli_generate_data(tmp_path, capsys):
     rc = cli.main(["generate-data", "--root", str(tmp_path), "--split", "valid", "--videos", "2", "--seed", "4",
                    "--format", "refytvos", "--height", "64", "--width", "80", "--min-frames", "12", "--max-frames", "14"])  # fmt: skip

@@ -1053,6 +1053,31 @@ def appearance_oracle_masks(
     return out
 
 
+def target_lookalike_masks(
+    targets: Sequence[int],
+    appearances: Sequence[tuple[str, str]],
+    object_masks: np.ndarray,
+    by: Sequence[str],
+) -> np.ndarray:
+    """What selecting by appearance reaches when the model knows *which* objects are meant: the union
+    [T, H, W] of the ground-truth masks of every object that shares, with one of the `targets` (indices
+    into `appearances`), its attributes named in `by` ("color", "shape" or both). With both it is the
+    target plus its identical-looking twins; with "color" alone, what a decoder that selects by colour but
+    not by shape can reach."""
+    keys = {"color": 0, "shape": 1}
+    unknown = set(by) - keys.keys()
+    if unknown or not by:
+        raise ValueError(f"target_lookalike_masks: by must name 'color' and/or 'shape', got {list(by)}")
+
+    def key(i: int) -> tuple[str, ...]:
+        return tuple(appearances[i][keys[b]] for b in by)
+
+    wanted = {key(i) for i in targets}
+    masks = np.asarray(object_masks, bool)
+    chosen = [i for i in range(len(appearances)) if key(i) in wanted]
+    return masks[chosen].any(0) if chosen else np.zeros(masks.shape[1:], bool)
+
+
 # ----------------------------------------------------------------------------------------------- writing
 
 
