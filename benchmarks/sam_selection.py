@@ -29,10 +29,10 @@ colour vector plus a learned shape vector (init N(0, prompt_scale^2) at the deco
 decoder as GLUS gives its [SEG] prompt. Its reference is `lookalikes`: the IoU of the union of every
 object of the target's colour and shape, the best a selection by appearance can do.
 
-At the end it prints where the predicted pixels of the last `--log-every` steps fall (mean share per
-non-empty mask): the target, its lookalikes, objects of the target's colour but another shape, of its
-shape but another colour, other objects, background. With `--prompt appearance` the two middle shares say
-whether the decoder selects by colour, by shape, or by both.
+Each logged row (and, in full, the end of the run) also says where the predicted pixels of those
+steps fall (mean share per non-empty mask): the target, its lookalikes, objects of the target's colour
+but another shape, of its shape but another colour, other objects, background. With `--prompt
+appearance` the two middle shares say whether the decoder selects by colour, by shape, or by both.
 
 Data: `--data` (MeViS layout, default runs/world_data/mevis, split train; generated with
 `glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0` when absent).
@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
     draw = jax.jit(draw_points)
     preprocess = jax.jit(lambda frames: glus_lib.sam_preprocess(frames, size))
-    rows, window, seen = [], [], {"points": [], "targets": [], "unions": [], "lookalikes": [], "shares": []}
+    rows, window, shares_window = [], [], []
+    seen = {"points": [], "targets": [], "unions": [], "lookalikes": []}
     t0 = time.perf_counter()
     for i in range(args.steps):
         frames, targets, unions, lookalikes, attrs, same_colour, same_shape = data.batch(args.batch)
@@ -309,17 +310,22 @@ def main(argv: list[str] | None = None) -> int:
         seen["targets"].append(targets)
         seen["unions"].append(unions)
         seen["lookalikes"].append(lookalikes)
-        seen["shares"].append(pixel_shares(pred, targets, lookalikes, same_colour, same_shape, unions))
+        shares_window.append(pixel_shares(pred, targets, lookalikes, same_colour, same_shape, unions))
         if (i + 1) % args.log_every == 0:
             m = np.mean(window, axis=0)
-            row = {"step": i + 1, "loss": m[0], "iou": m[1], "iou_all": m[2], "seconds": time.perf_counter() - t0}
-            line = f"step {i + 1:5d}  loss {m[0]:.4f}  iou {m[1]:.3f}  iou_all {m[2]:.3f}"
+            per_mask = np.concatenate(shares_window)
+            mean = per_mask.mean(0) if len(per_mask) else np.full(len(SHARES), np.nan)
+            shares = dict(zip(SHARES, mean.tolist()))
+            row = {"step": i + 1, "loss": m[0], "iou": m[1], "iou_all": m[2], "shares": shares,
+                   "seconds": time.perf_counter() - t0}
+            line = (f"step {i + 1:5d}  loss {m[0]:.4f}  iou {m[1]:.3f}  iou_all {m[2]:.3f}  "
+                    f"same colour {shares['same_colour']:.3f}  same shape {shares['same_shape']:.3f}")
             if torch_step is not None:
                 row.update(torch_loss=m[3], torch_iou=m[4], torch_iou_all=m[5])
                 line += f"  | PyTorch sam2: loss {m[3]:.4f}  iou {m[4]:.3f}  iou_all {m[5]:.3f}"
             rows.append(row)
             print(line, flush=True)
-            window = []
+            window, shares_window = [], []
     targets = np.concatenate(seen["targets"])
     all_objects = float(np.mean(jaccard(targets, np.concatenate(seen["unions"]))))
     disk = disk_reference(np.concatenate(seen["points"]), targets)
@@ -327,9 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     best_r = max(disk, key=disk.get)
     print(f"references on the same prompts: all_objects iou {all_objects:.3f}, "
           f"disk iou {disk[best_r]:.3f} (radius {best_r}), lookalikes iou {lookalikes:.3f}")
-    # Over the last logged window: what the masks have learnt to select by, not how they started.
-    last = np.concatenate(seen["shares"][-args.log_every:])
-    shares = dict(zip(SHARES, (last.mean(0) if len(last) else np.full(len(SHARES), np.nan)).tolist()))
+    # The last logged window: what the masks have learnt to select by, not how they started.
+    shares = rows[-1]["shares"] if rows else dict.fromkeys(SHARES, float("nan"))
     print(f"predicted pixels over the last {args.log_every} steps: "
           + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in shares.items()))
     args.out.mkdir(parents=True, exist_ok=True)

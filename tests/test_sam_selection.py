@@ -50,7 +50,7 @@ def test_two_steps_end_to_end_with_the_pytorch_twin(tmp_path):
             assert np.isfinite(row[side + "loss"]) and 0 <= row[side + "iou"] <= 1 and 0 <= row[side + "iou_all"] <= 1
     assert 0 < r["references"]["all_objects"] <= 1
     assert set(r["references"]["disk"]) == {str(x) for x in sam_selection.DISK_RADII}
-    assert list(r["shares"]) == list(sam_selection.SHARES)
+    assert list(r["shares"]) == list(sam_selection.SHARES) and r["shares"] == r["rows"][-1]["shares"]
     total = sum(r["shares"].values())  # NaN when no mask of the last step predicted a pixel
     assert np.isnan(total) or abs(total - 1) < 1e-6
 
