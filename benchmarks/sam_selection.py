@@ -104,10 +104,10 @@ class PointPrompts:
         video, masks = self._video(name)
         looks = [self._appearance(name, i) for i in range(len(masks))]
         (colour, shape), here = looks[o], masks[:, t]
-        same = [i for i, look in enumerate(looks) if look == (colour, shape)]
+        lookalikes = synthetic.target_lookalike_masks([o], looks, here, ("color", "shape"))
         colour_only = [i for i, (c, s) in enumerate(looks) if c == colour and s != shape]
         shape_only = [i for i, (c, s) in enumerate(looks) if s == shape and c != colour]
-        return (video[t], here[o], here.any(0), here[same].any(0), np.array(looks[o], np.int32),
+        return (video[t], here[o], here.any(0), lookalikes, np.array(looks[o], np.int32),
                 here[colour_only].any(0), here[shape_only].any(0))
 
     def _appearance(self, video: str, index: int) -> tuple[int, int]:
@@ -159,7 +159,8 @@ def pixel_shares(pred, targets, lookalikes, same_colour, same_shape, unions) -> 
         taken = taken | region
     counts = np.stack([(pred & r).sum((1, 2)) for r in regions], axis=1).astype(np.float64)
     total = counts.sum(1, keepdims=True)
-    return counts[total[:, 0] > 0] / total[total[:, 0] > 0]
+    predicted = total[:, 0] > 0
+    return counts[predicted] / total[predicted]
 
 
 def torch_trainer(args, schedule):
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
           f"disk iou {disk[best_r]:.3f} (radius {best_r}), lookalikes iou {lookalikes:.3f}")
     # The last logged window: what the masks have learnt to select by, not how they started.
     shares = rows[-1]["shares"] if rows else dict.fromkeys(SHARES, float("nan"))
-    print(f"predicted pixels over the last {args.log_every} steps: "
+    last = f"steps {rows[-1]['step'] - args.log_every + 1}-{rows[-1]['step']}" if rows else "no logged steps"
+    print(f"predicted pixels, {last}: "
           + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in shares.items()))
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
