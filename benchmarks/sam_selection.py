@@ -3,6 +3,7 @@
   .venv/bin/python -m benchmarks.sam_selection [--steps 600] [--batch 8] [--lr 1e-3] [--torch]
                                                [--prompt point|appearance] [--prompt-scale 1.0]
                                                [--bce-weight 2.0] [--dice-weight 0.5]
+                                               [--image-features hiera|oracle] [--oracle-shape-scale 1.0]
                                                [--out runs/sam_selection]
 
 A diagnostic for issue #8, at ~1 min per 400 steps instead of a 20-minute world-model run. It trains the
@@ -33,6 +34,15 @@ Each logged row (and, in full, the end of the run) also says where the predicted
 steps fall (mean share per non-empty mask): the target, its lookalikes, objects of the target's colour
 but another shape, of its shape but another colour, other objects, background. With `--prompt
 appearance` the two middle shares say whether the decoder selects by colour, by shape, or by both.
+
+`--image-features oracle` replaces the image encoder by perfect features: at every level SAM2's decoder
+reads (the stride-16 embedding and the two high-resolution maps) a learned vector for each pixel's colour
+plus `--oracle-shape-scale` times a learned vector for its shape (background: a vector of its own). With
+scale 1 the decoder is told both attributes as loudly; smaller scales mimic an encoder whose features
+carry shape more weakly than colour. Every run ends with what the stride-16 image embedding the decoder
+read carries (`spread` in the JSON): over object tokens of 128 training frames, the spread of its
+per-colour and per-shape means around the overall mean, and the shape spread with the shape labels
+shuffled (what sampling noise alone gives).
 
 Data: `--data` (MeViS layout, default runs/world_data/mevis, split train; generated with
 `glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0` when absent).
@@ -89,7 +99,8 @@ class PointPrompts:
     def batch(self, n: int) -> tuple[np.ndarray, ...]:
         """(frames [n, H, W, 3] uint8, target masks [n, H, W], all-objects masks [n, H, W], the masks of
         every object that looks like the target [n, H, W], the target's (colour, shape) indices [n, 2],
-        the masks of the objects that share only its colour [n, H, W], and only its shape [n, H, W])."""
+        the masks of the objects that share only its colour [n, H, W], only its shape [n, H, W], and
+        every pixel's attributes [n, 2, H, W]: 1 + colour index, 1 + shape index, 0 on background)."""
         samples = []
         while len(samples) < n:
             name = self.videos[self.rng.integers(len(self.videos))]
@@ -107,8 +118,11 @@ class PointPrompts:
         lookalikes = synthetic.target_lookalike_masks([o], looks, here, ("color", "shape"))
         colour_only = [i for i, (c, s) in enumerate(looks) if c == colour and s != shape]
         shape_only = [i for i, (c, s) in enumerate(looks) if s == shape and c != colour]
+        attributes = np.zeros((2, *here.shape[1:]), np.int32)
+        for mask, look in zip(here, looks):  # visible masks are disjoint: the order does not matter
+            attributes[:, mask] = np.add(look, 1)[:, None]
         return (video[t], here[o], here.any(0), lookalikes, np.array(looks[o], np.int32),
-                here[colour_only].any(0), here[shape_only].any(0))
+                here[colour_only].any(0), here[shape_only].any(0), attributes)
 
     def _appearance(self, video: str, index: int) -> tuple[int, int]:
         obj = list(self.info["videos"][video]["objects"].values())[index]
@@ -125,6 +139,52 @@ class AppearancePrompt(nnx.Module):
 
     def __call__(self, attrs: jax.Array) -> jax.Array:
         return self.colour[...][attrs[:, 0]] + self.shape[...][attrs[:, 1]]
+
+
+class OracleFeatures(nnx.Module):
+    """`--image-features oracle`: SAM2's image features made of each pixel's attributes. Per feature
+    level, a learned vector per colour plus `shape_scale` x a learned vector per shape (index 0, the
+    background, has its own), read at the centre of each cell of that level's grid."""
+
+    def __init__(self, levels: list[tuple[int, int]], shape_scale: float, rngs: nnx.Rngs):
+        self.sizes, self.shape_scale = [size for size, _ in levels], shape_scale
+        n_colours, n_shapes = len(synthetic.COLORS) + 1, len(synthetic.SHAPES) + 1
+        def vectors(n):
+            return nnx.List([nnx.Param(jax.random.normal(rngs.params(), (n, c))) for _, c in levels])
+
+        self.colour, self.shape = vectors(n_colours), vectors(n_shapes)
+
+    def __call__(self, attributes: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """attributes [n, 2, H, W] -> (stride-16 embedding [n, h, w, C], high-resolution maps)."""
+        levels = []
+        for size, colour, shape in zip(self.sizes, self.colour, self.shape):
+            rows = (np.arange(size) + 0.5) * attributes.shape[2] / size
+            cols = (np.arange(size) + 0.5) * attributes.shape[3] / size
+            grid = attributes[:, :, rows.astype(int)][:, :, :, cols.astype(int)]
+            levels.append(colour[...][grid[:, 0]] + self.shape_scale * shape[...][grid[:, 1]])
+        return levels[0], tuple(levels[1:])
+
+
+def attribute_spread(features: np.ndarray, attributes: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """How much of a feature map [n, h, w, C] the pixels' colour and shape explain on object cells: the
+    RMS distance of the per-colour (per-shape) mean feature from the overall mean, over the cells
+    (attributes [n, 2, H, W] as in :meth:`PointPrompts.batch`, read at each cell's centre), and the shape
+    spread again with the shape labels shuffled (what finite samples give without any shape signal)."""
+    n, h, w, _ = features.shape
+    rows = ((np.arange(h) + 0.5) * attributes.shape[2] / h).astype(int)
+    cols = ((np.arange(w) + 0.5) * attributes.shape[3] / w).astype(int)
+    grid = attributes[:, :, rows][:, :, :, cols]
+    on_object = grid[:, 0] > 0
+    f, colour, shape = features[on_object], grid[:, 0][on_object], grid[:, 1][on_object]
+    mean = f.mean(0)
+
+    def spread(labels):
+        means = {v: f[labels == v].mean(0) for v in np.unique(labels)}
+        return float(np.sqrt(np.mean([np.sum((means[v] - mean) ** 2) for v in labels])))
+
+    shuffled = np.random.default_rng(seed).permutation(shape)
+    return {"cells": int(len(f)), "colour": spread(colour), "shape": spread(shape),
+            "shape_shuffled": spread(shuffled)}
 
 
 def draw_points(masks: jax.Array, key: jax.Array) -> jax.Array:
@@ -227,8 +287,15 @@ def save_with_sam(path: Path, sam: SAM2Model, settings: dict) -> None:
 class Trainee(nnx.Module):
     """What the optimizer trains: SAM2, and the appearance prompt vectors with `--prompt appearance`."""
 
-    def __init__(self, sam: SAM2Model, appearance: AppearancePrompt | None):
-        self.sam, self.appearance = sam, appearance
+    def __init__(self, sam: SAM2Model, appearance: AppearancePrompt | None, oracle: OracleFeatures | None):
+        self.sam, self.appearance, self.oracle = sam, appearance, oracle
+
+    def image_features(self, pixels: jax.Array, attributes: jax.Array) -> tuple[jax.Array, tuple]:
+        """(stride-16 embedding, high-resolution maps) the decoder reads: the encoder's or the oracle's."""
+        if self.oracle is not None:
+            return self.oracle(attributes)
+        feats = self.sam.encode_image(pixels)
+        return feats.vision_features, feats.high_res_feats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", choices=("point", "appearance"), default="point",
                    help="point: a positive point in the target; appearance: a learned colour + shape vector")
     p.add_argument("--prompt-scale", type=float, default=1.0, help="init scale of the appearance vectors")
+    p.add_argument("--image-features", choices=("hiera", "oracle"), default="hiera",
+                   help="oracle: learned colour + shape vectors per pixel instead of the image encoder")
+    p.add_argument("--oracle-shape-scale", type=float, default=1.0,
+                   help="with --image-features oracle: the shape vectors' weight against the colour's")
     p.add_argument("--torch", action="store_true", help="also train the sam2 package's twin on the same prompts")
     p.add_argument("--out", type=Path, default=Path("runs/sam_selection"))
     p.add_argument("--save", type=Path, help="also write a world-model directory holding the trained SAM2 "
@@ -256,14 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     data = PointPrompts(args.data, "train", args.videos, args.seed)
     cfg = glus_lib.synthetic_world().sam2
     size = cfg.image_size
-    if args.torch and args.prompt != "point":
-        p.error("--torch trains point prompts only")
+    if args.save and args.image_features != "hiera":
+        p.error("--save writes the trained image encoder: not with --image-features oracle")
+    if args.torch and (args.prompt != "point" or args.image_features != "hiera"):
+        p.error("--torch trains point prompts on the image encoder's features only")
     rngs = nnx.Rngs(args.seed)
     sam = SAM2Model(cfg, rngs=rngs)
     appearance = None
     if args.prompt == "appearance":
         appearance = AppearancePrompt(cfg.hidden_dim, args.prompt_scale, rngs)
-    trainee = Trainee(sam, appearance)
+    oracle = None
+    if args.image_features == "oracle":
+        probe = sam.encode_image(jnp.zeros((1, size, size, 3)))  # the feature levels' sizes and widths
+        levels = [(x.shape[1], x.shape[-1]) for x in (probe.vision_features, *probe.high_res_feats)]
+        oracle = OracleFeatures(levels, args.oracle_shape_scale, rngs)
+    trainee = Trainee(sam, appearance, oracle)
     opt_cfg = opt_lib.OptimizerConfig(lr=args.lr, warmup_steps=min(100, args.steps // 4), total_steps=args.steps)
     opt = nnx.Optimizer(trainee, opt_lib.make_optimizer(opt_cfg), wrt=nnx.Param)
 
@@ -271,17 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     torch_step = torch_trainer(args, opt_lib.lr_schedule(opt_cfg)) if args.torch else None
 
     @nnx.jit
-    def step(trainee, opt, pixels, targets, points, attrs):
+    def step(trainee, opt, pixels, targets, points, attrs, attributes):
         def loss_fn(trainee):
             sam = trainee.sam
-            feats = sam.encode_image(pixels)
+            embedding, high_res = trainee.image_features(pixels, attributes)
             if args.prompt == "point":
                 prompt = {"points": ((points * scale)[:, None], jnp.ones((len(points), 1), jnp.int32))}
             else:
                 prompt = {"text_embeds": trainee.appearance(attrs)}
-            out = sam.decode(
-                sam.add_no_mem_embed(feats.vision_features), feats.high_res_feats, training=True, **prompt
-            )
+            out = sam.decode(sam.add_no_mem_embed(embedding), high_res, training=True, **prompt)
             logits = glus_lib.upsample_logits(out.masks[:, 0], targets.shape[1:])
             t = targets.astype(jnp.float32)
             bce = jnp.mean(losses.per_mask_bce(logits, t))
@@ -298,10 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     seen = {"points": [], "targets": [], "unions": [], "lookalikes": []}
     t0 = time.perf_counter()
     for i in range(args.steps):
-        frames, targets, unions, lookalikes, attrs, same_colour, same_shape = data.batch(args.batch)
+        frames, targets, unions, lookalikes, attrs, same_colour, same_shape, attributes = data.batch(
+            args.batch
+        )
         points = draw(jnp.asarray(targets), jax.random.key(i))
         pixels = preprocess(jnp.asarray(frames))
-        loss, pred = step(trainee, opt, pixels, jnp.asarray(targets), points, jnp.asarray(attrs))
+        loss, pred = step(trainee, opt, pixels, jnp.asarray(targets), points, jnp.asarray(attrs),
+                          jnp.asarray(attributes))
         pred = np.asarray(pred)
         metrics = [float(loss), float(np.mean(jaccard(targets, pred))), float(np.mean(jaccard(unions, pred)))]
         if torch_step is not None:
@@ -339,10 +418,20 @@ def main(argv: list[str] | None = None) -> int:
     last = f"steps {rows[-1]['step'] - args.log_every + 1}-{rows[-1]['step']}" if rows else "no logged steps"
     print(f"predicted pixels, {last}: "
           + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in shares.items()))
+    embed = nnx.jit(lambda trainee, pixels, attributes: trainee.image_features(pixels, attributes)[0])
+    features, attributes = [], []
+    for _ in range(128 // args.batch):
+        frames, *_, batch_attributes = data.batch(args.batch)
+        pixels = preprocess(jnp.asarray(frames))
+        features.append(np.asarray(embed(trainee, pixels, jnp.asarray(batch_attributes))))
+        attributes.append(batch_attributes)
+    spread = attribute_spread(np.concatenate(features), np.concatenate(attributes), args.seed)
+    print(f"image embedding on {spread['cells']} object cells: colour spread {spread['colour']:.3f}, "
+          f"shape spread {spread['shape']:.3f} ({spread['shape_shuffled']:.3f} with shuffled shape labels)")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "references": {"all_objects": all_objects, "disk": disk, "lookalikes": lookalikes},
-              "rows": rows, "shares": shares}
+              "rows": rows, "shares": shares, "spread": spread}
     tmp = args.out / "sam_selection.json.partial"
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, args.out / "sam_selection.json")

@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from benchmarks import sam_selection
 from glus_jax.data import synthetic
@@ -66,7 +67,8 @@ def test_lookalikes_are_every_object_of_the_targets_colour_and_shape(tmp_path):
         objs = list(info["videos"][name]["objects"].values())
         t = masks.shape[1] // 2
         for o, obj in enumerate(objs):
-            frame, target, union, lookalikes, attrs, same_colour, same_shape = prompts.sample(name, t, o)
+            sample = prompts.sample(name, t, o)
+            frame, target, union, lookalikes, attrs, same_colour, same_shape, attributes = sample
             same = [(q["color"], q["shape"]) == (obj["color"], obj["shape"]) for q in objs]
             colour_only = [q["color"] == obj["color"] and q["shape"] != obj["shape"] for q in objs]
             shape_only = [q["shape"] == obj["shape"] and q["color"] != obj["color"] for q in objs]
@@ -77,10 +79,13 @@ def test_lookalikes_are_every_object_of_the_targets_colour_and_shape(tmp_path):
             np.testing.assert_array_equal(union, masks[:, t].any(axis=0))
             colour, shape = list(synthetic.COLORS).index(obj["color"]), synthetic.SHAPES.index(obj["shape"])
             assert attrs.tolist() == [colour, shape]
+            assert masks[:, t].sum(0).max() <= 1  # visible masks are disjoint: one attribute pair per pixel
+            assert (attributes[:, masks[o, t]] == np.array([[colour + 1], [shape + 1]])).all()
+            np.testing.assert_array_equal(attributes[:, ~union], 0)
             checked += sum(same) > 1
     assert checked > 0  # a target with a lookalike was among them, so the union above was not just the target
-    frames, targets, unions, lookalikes, attrs, same_colour, same_shape = prompts.batch(5)
-    assert frames.shape == (5, 128, 128, 3) and attrs.shape == (5, 2)
+    frames, targets, unions, lookalikes, attrs, same_colour, same_shape, attributes = prompts.batch(5)
+    assert frames.shape == (5, 128, 128, 3) and attrs.shape == (5, 2) and attributes.shape == (5, 2, 128, 128)
     assert (lookalikes >= targets).all() and (unions >= lookalikes).all()
     assert (unions >= same_colour).all() and (unions >= same_shape).all()
 
@@ -151,3 +156,48 @@ def test_saved_sam2_warm_starts_a_world_model_run(tmp_path):
     cfg.model.sam2_from = str(other)
     with pytest.raises(ConfigError, match=f"{other}.*another architecture.*obj_ptr_proj"):
         loop.build_model(cfg)
+
+
+def test_attribute_spread_separates_what_the_features_carry():
+    rng = np.random.default_rng(0)
+    n, h, w, c = 40, 4, 4, 8
+    attributes = np.zeros((n, 2, 16, 16), np.int32)
+    grid = np.stack([rng.integers(0, 4, (n, h, w)), rng.integers(1, 4, (n, h, w))], 1)  # colour 0: background
+    attributes[:] = np.repeat(np.repeat(grid, 4, axis=2), 4, axis=3)  # each 4 x 4 cell one attribute pair
+    colour_vectors, shape_vectors = rng.normal(size=(4, c)), rng.normal(size=(4, c))
+    noise = 0.01 * rng.normal(size=(n, h, w, c))
+    features = colour_vectors[grid[:, 0]] + 0.1 * shape_vectors[grid[:, 1]] + noise
+    spread = sam_selection.attribute_spread(features, attributes)
+    assert spread["cells"] == int((grid[:, 0] > 0).sum())
+    assert spread["colour"] > 5 * spread["shape"] > 5 * 2 * spread["shape_shuffled"]
+    # Colour alone: the shape spread is what shuffling gives.
+    spread = sam_selection.attribute_spread(colour_vectors[grid[:, 0]] + noise, attributes)
+    assert spread["shape"] < 3 * spread["shape_shuffled"] + 1e-3
+
+
+def test_oracle_features_read_each_cells_attributes():
+    oracle = sam_selection.OracleFeatures([(2, 3), (4, 5)], 0.5, nnx.Rngs(0))
+    attributes = np.zeros((1, 2, 8, 8), np.int32)
+    attributes[0, :, :4, :4] = [[[2]], [[3]]]  # the top-left quarter: colour index 1, shape index 2
+    embedding, (high_res,) = oracle(jnp.asarray(attributes))
+    assert embedding.shape == (1, 2, 2, 3) and high_res.shape == (1, 4, 4, 5)
+    colour, shape = oracle.colour[0][...], oracle.shape[0][...]
+    np.testing.assert_allclose(embedding[0, 0, 0], colour[2] + 0.5 * shape[3], rtol=1e-6)
+    np.testing.assert_allclose(embedding[0, 1, 1], colour[0] + 0.5 * shape[0], rtol=1e-6)
+    colour, shape = oracle.colour[1][...], oracle.shape[1][...]
+    np.testing.assert_allclose(high_res[0, 1, 1], colour[2] + 0.5 * shape[3], rtol=1e-6)
+    np.testing.assert_allclose(high_res[0, 2, 1], colour[0] + 0.5 * shape[0], rtol=1e-6)
+
+
+def test_oracle_features_end_to_end_report_a_weak_shape(tmp_path):
+    data = tmp_path / "mevis"
+    synthetic.generate(data, "train", 2, 0)
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--videos", "2", "--steps", "2", "--batch", "4", "--log-every", "1",
+            "--prompt", "appearance", "--image-features", "oracle", "--oracle-shape-scale", "0.2",
+            "--out", str(out)]
+    assert sam_selection.main(argv) == 0
+    spread = json.loads((out / "sam_selection.json").read_text())["spread"]
+    # Two steps hardly move the vectors: the embedding's shape part stays ~0.2 of its colour part.
+    assert 0.05 < spread["shape"] / spread["colour"] < 0.5
+    assert spread["shape_shuffled"] < spread["shape"]
