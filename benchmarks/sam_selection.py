@@ -141,6 +141,13 @@ class AppearancePrompt(nnx.Module):
         return self.colour[...][attrs[:, 0]] + self.shape[...][attrs[:, 1]]
 
 
+def attributes_at_cells(attributes, h: int, w: int):
+    """The pixel attributes [n, 2, H, W] at the centre of each cell of an h x w grid: [n, 2, h, w]."""
+    rows = ((np.arange(h) + 0.5) * attributes.shape[2] / h).astype(int)
+    cols = ((np.arange(w) + 0.5) * attributes.shape[3] / w).astype(int)
+    return attributes[:, :, rows][:, :, :, cols]
+
+
 class OracleFeatures(nnx.Module):
     """`--image-features oracle`: SAM2's image features made of each pixel's attributes. Per feature
     level, a learned vector per colour plus `shape_scale` x a learned vector per shape (index 0, the
@@ -149,6 +156,7 @@ class OracleFeatures(nnx.Module):
     def __init__(self, levels: list[tuple[int, int]], shape_scale: float, rngs: nnx.Rngs):
         self.sizes, self.shape_scale = [size for size, _ in levels], shape_scale
         n_colours, n_shapes = len(synthetic.COLORS) + 1, len(synthetic.SHAPES) + 1
+
         def vectors(n):
             return nnx.List([nnx.Param(jax.random.normal(rngs.params(), (n, c))) for _, c in levels])
 
@@ -158,9 +166,7 @@ class OracleFeatures(nnx.Module):
         """attributes [n, 2, H, W] -> (stride-16 embedding [n, h, w, C], high-resolution maps)."""
         levels = []
         for size, colour, shape in zip(self.sizes, self.colour, self.shape):
-            rows = (np.arange(size) + 0.5) * attributes.shape[2] / size
-            cols = (np.arange(size) + 0.5) * attributes.shape[3] / size
-            grid = attributes[:, :, rows.astype(int)][:, :, :, cols.astype(int)]
+            grid = attributes_at_cells(attributes, size, size)
             levels.append(colour[...][grid[:, 0]] + self.shape_scale * shape[...][grid[:, 1]])
         return levels[0], tuple(levels[1:])
 
@@ -170,10 +176,7 @@ def attribute_spread(features: np.ndarray, attributes: np.ndarray, seed: int = 0
     RMS distance of the per-colour (per-shape) mean feature from the overall mean, over the cells
     (attributes [n, 2, H, W] as in :meth:`PointPrompts.batch`, read at each cell's centre), and the shape
     spread again with the shape labels shuffled (what finite samples give without any shape signal)."""
-    n, h, w, _ = features.shape
-    rows = ((np.arange(h) + 0.5) * attributes.shape[2] / h).astype(int)
-    cols = ((np.arange(w) + 0.5) * attributes.shape[3] / w).astype(int)
-    grid = attributes[:, :, rows][:, :, :, cols]
+    grid = attributes_at_cells(attributes, *features.shape[1:3])
     on_object = grid[:, 0] > 0
     f, colour, shape = features[on_object], grid[:, 0][on_object], grid[:, 1][on_object]
     mean = f.mean(0)
@@ -285,7 +288,8 @@ def save_with_sam(path: Path, sam: SAM2Model, settings: dict) -> None:
 
 
 class Trainee(nnx.Module):
-    """What the optimizer trains: SAM2, and the appearance prompt vectors with `--prompt appearance`."""
+    """What the optimizer trains: SAM2, the appearance prompt vectors with `--prompt appearance`, and the
+    oracle's feature vectors with `--image-features oracle`."""
 
     def __init__(self, sam: SAM2Model, appearance: AppearancePrompt | None, oracle: OracleFeatures | None):
         self.sam, self.appearance, self.oracle = sam, appearance, oracle
