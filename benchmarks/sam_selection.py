@@ -40,9 +40,9 @@ reads (the stride-16 embedding and the two high-resolution maps) a learned vecto
 plus `--oracle-shape-scale` times a learned vector for its shape (background: a vector of its own). With
 scale 1 the decoder is told both attributes as loudly; smaller scales mimic an encoder whose features
 carry shape more weakly than colour. Every run ends with what the stride-16 image embedding the decoder
-read carries (`spread` in the JSON): over object tokens of 128 training frames, the spread of its
-per-colour and per-shape means around the overall mean, and the shape spread with the shape labels
-shuffled (what sampling noise alone gives).
+read carries (`spread` in the JSON): over object tokens of 128 training frames (whole batches, so fewer
+when --batch does not divide 128), the spread of its per-colour and per-shape means around the overall
+mean, and the shape spread with the shape labels shuffled (what sampling noise alone gives).
 
 Data: `--data` (MeViS layout, default runs/world_data/mevis, split train; generated with
 `glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0` when absent).
