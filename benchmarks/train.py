@@ -1,12 +1,13 @@
 """Training benchmark: step time, samples/s, tokens/s and model FLOPs utilization of the GLUS train step.
 
-  .venv/bin/python -m benchmarks.train --config {tiny,glus_s} [--steps 10] [--warmup 2] [--json FILE]
-      [--image-size S] [--batch-size B] [--workdir DIR] [--shape-check]
+  .venv/bin/python -m benchmarks.train --config {tiny,glus_s,synthetic} [--steps 10] [--warmup 2]
+      [--json FILE] [--image-size S] [--batch-size B] [--workdir DIR] [--shape-check] [--scan-layers]
 
 What one run does (docs/PERFORMANCE.md has the method and the numbers):
 1. The experiment config `configs/<config>.py` (tiny: GLUS-tiny, float32, batch 2 x 3 expressions,
-   4 context + 4 query frames; glus_s: GLUS-S, bfloat16, LoRA, remat) with random weights of its preset
-   and the tiny GLUS tokenizer (token ids only need to be below the vocabulary), on a generated
+   4 context + 4 query frames; glus_s: GLUS-S, bfloat16, LoRA, remat; synthetic: the world model's
+   recipe, every tower trained, layers unrolled) with random weights of its preset and the config's
+   tokenizer, else the tiny GLUS one (token ids only need to be below the vocabulary), on a generated
    MeViS-layout dataset (`glus_jax.data.synthetic`, 96 x 128 frames) written into the workdir.
 2. The batches are drawn from the real grain pipeline (`pipeline.make_train_iterator`) *before* timing:
    the step time is the jitted train step alone (`train.step.make_train_step`: forward, backward, AdamW,
@@ -46,15 +47,16 @@ import numpy as np
 
 from benchmarks import common
 
-CONFIG_FILES = {"tiny": "configs/tiny.py", "glus_s": "configs/glus_s.py"}
+CONFIG_FILES = {"tiny": "configs/tiny.py", "glus_s": "configs/glus_s.py", "synthetic": "configs/synthetic.py"}
 FRAME_SIZE = (96, 128)  # generated videos (H, W); the mask canvas is this size
 
 
 def experiment_config(name: str, data_root: Path, args) -> Any:
     from glus_jax.config import load_experiment_config
 
-    overrides = [f"--config.data.root={data_root}", f"--config.model.tokenizer={common.TOKENIZER_DIR}",
-                 "--config.data.num_workers=0", "--config.train.ckpt_every=0"]
+    # The synthetic world's tokenizer is its own; SAM2 stays random (`model.sam2_from` off): timing only.
+    overrides = [f"--config.data.root={data_root}", "--config.data.num_workers=0",
+                 "--config.train.ckpt_every=0", "--config.model.sam2_from="]
     if args.batch_size:
         overrides.append(f"--config.train.batch_size={args.batch_size}")
     if args.max_seq_len:
@@ -62,6 +64,8 @@ def experiment_config(name: str, data_root: Path, args) -> Any:
     if args.grad_accum:
         overrides.append(f"--config.train.grad_accum={args.grad_accum}")
     cfg = load_experiment_config(common.REPO / CONFIG_FILES[name], overrides)
+    if not cfg.model.tokenizer:
+        cfg.model.tokenizer = str(common.TOKENIZER_DIR)
     if args.image_size:
         cfg.data.image_size = int(args.image_size)
     cfg.data.max_mask_size = FRAME_SIZE
@@ -70,17 +74,21 @@ def experiment_config(name: str, data_root: Path, args) -> Any:
     return cfg
 
 
-def build_model(cfg, tokenizer, *, abstract: bool):
+def build_model(cfg, tokenizer, *, abstract: bool, scan_layers: bool = False):
     """GLUS of the config's preset with the run's LoRA / dtype / remat / image size, random weights (or
     abstract), its [SEG] id set to the tokenizer's (the tiny tokenizer stands in for GLUS-S's)."""
     from flax import nnx
 
+    from glus_jax.config import from_dict, to_dict
     from glus_jax.models import glus as glus_lib
+    from glus_jax.models.io import with_field
     from glus_jax.models import llama as llama_lib
     from glus_jax.train import loop
 
     base = glus_lib.PRESETS[cfg.model.preset](seg_token_id=tokenizer.seg_token_id)
     gcfg = loop.training_model_config(base, cfg)
+    if scan_layers:  # the preset's towers as scans over their layers (the side-by-side of `unroll_layers`)
+        gcfg = from_dict(glus_lib.GLUSConfig, with_field(to_dict(gcfg), "unroll_layers", False))
     if gcfg.llava.llama.vocab_size < len(tokenizer):
         raise ValueError(f"preset {cfg.model.preset}: vocabulary {gcfg.llava.llama.vocab_size} "
                          f"< tokenizer {len(tokenizer)}")
@@ -137,8 +145,8 @@ def run(args) -> dict[str, Any]:
     data_root = make_data(workdir / "data", args.videos, args.seed)
     cfg = experiment_config(args.config, data_root, args)
     shape_check = args.shape_check or (args.config == "glus_s" and not common.on_gpu())
-    tokenizer = GLUSTokenizer.from_dir(common.TOKENIZER_DIR, add_glus_tokens=False)
-    model = build_model(cfg, tokenizer, abstract=shape_check)
+    tokenizer = GLUSTokenizer.from_dir(cfg.model.tokenizer, add_glus_tokens=False)
+    model = build_model(cfg, tokenizer, abstract=shape_check, scan_layers=args.scan_layers)
     gcfg = model.config
     opt_cfg = loop.optimizer_config(cfg)
     tx, schedule = opt_lib.make_optimizer(opt_cfg), opt_lib.lr_schedule(opt_cfg)
@@ -179,7 +187,8 @@ def run(args) -> dict[str, Any]:
     model_flops = flops
     if gcfg.llava.llama.remat:  # model FLOPs: the same step without the recomputed forward
         cfg.model.remat = False
-        plain, _, _ = state_lib.split_model(build_model(cfg, tokenizer, abstract=True), trainable)
+        plain, _, _ = state_lib.split_model(
+            build_model(cfg, tokenizer, abstract=True, scan_layers=args.scan_layers), trainable)
         cfg.model.remat = True
         model_flops = step_flops(plain, tx, schedule, step_cfg, state, batches[0])
     flops_seconds = time.perf_counter() - t0
@@ -188,7 +197,8 @@ def run(args) -> dict[str, Any]:
     samples = per_step * accum
     result: dict[str, Any] = {
         "config": args.config, "device": common.device_name(), "dtype": gcfg.llava.llama.dtype,
-        "remat": gcfg.llava.llama.remat, "batch_size": per_step, "grad_accum": accum,
+        "remat": gcfg.llava.llama.remat, "unroll_layers": gcfg.llava.llama.unroll_layers,
+        "batch_size": per_step, "grad_accum": accum,
         "samples_per_step": samples, "expressions_per_step": exps,
         "llm_tokens_per_step": real, "llm_positions_per_step": processed,
         "sam2_image_size": gcfg.sam2.image_size, "frame_size": list(FRAME_SIZE),
@@ -290,6 +300,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None, help="keep the generated data here")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--shape-check", action="store_true", help="lower only (FLOPs), no execution")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="run every tower's layers as a scan even where the preset unrolls them")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")

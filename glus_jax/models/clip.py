@@ -49,6 +49,7 @@ class CLIPVisionConfig:
     num_channels: int = 3
     layer_norm_eps: float = 1e-5
     hidden_act: Literal["quick_gelu", "gelu"] = "quick_gelu"
+    unroll_layers: bool = False  # layers as straight-line code, not a scan: faster when few and small
     dtype: str = "float32"  # compute dtype; params are stored float32
 
     def __post_init__(self):
@@ -255,7 +256,10 @@ class CLIPVisionTower(nnx.Module):
             graphdef, state = nnx.split(self.layers)
             layers = nnx.merge(graphdef, jax.tree.map(lambda a: a[:num_layers], state))
 
-        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=_LAYER_AXIS)
+        @nnx.scan(
+            in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=_LAYER_AXIS,
+            unroll=self.config.unroll_layers,
+        )
         def run(x, layer):
             return layer(x)
 

@@ -56,7 +56,7 @@ def load_model(
     if "model" not in stored:
         raise checkpoint.CheckpointError(f"{path}/config.yaml: no 'model' section (not a GLUS model directory)")
     try:
-        cfg = from_dict(GLUSConfig, with_dtype(stored["model"], dtype) if dtype else stored["model"])
+        cfg = from_dict(GLUSConfig, with_field(stored["model"], "dtype", dtype) if dtype else stored["model"])
     except ConfigError as e:
         raise checkpoint.CheckpointError(f"{path}/config.yaml: {e}") from None
     model = nnx.eval_shape(lambda: GLUS(cfg, rngs=nnx.Rngs(0)))
@@ -87,9 +87,9 @@ def resolve_model_dir(path_or_repo: str | Path) -> Path:
         raise checkpoint.CheckpointError(f"{path_or_repo}: not a local model directory and not fetchable: {e}") from None
 
 
-def with_dtype(model_cfg: dict, dtype: str) -> dict:
-    """Set every `dtype` field of a (nested) config dict."""
+def with_field(model_cfg: dict, name: str, value) -> dict:
+    """Set every field `name` (e.g. each tower's `dtype`) of a (nested) config dict."""
     out = {}
     for k, v in model_cfg.items():
-        out[k] = with_dtype(v, dtype) if isinstance(v, dict) else (dtype if k == "dtype" else v)
+        out[k] = with_field(v, name, value) if isinstance(v, dict) else (value if k == name else v)
     return out

@@ -61,6 +61,7 @@ class LlamaConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     remat: bool = False  # rematerialise each decoder layer in the backward pass
+    unroll_layers: bool = False  # layers as straight-line code, not a scan: faster when few and small
     dtype: str = "float32"  # compute dtype; params are stored float32
 
     def __post_init__(self):
@@ -485,6 +486,7 @@ class LlamaModel(nnx.Module):
             in_axes=(nnx.Carry, 0, 0, 0, None, None, None, None),
             out_axes=(nnx.Carry, 0),
             transform_metadata=_LAYER_AXIS,
+            unroll=cfg.unroll_layers,
         )
         x, kv = scan(x, self.layers, kv, keys, cos, sin, mask, write_idx)
         if new_cache is not None:

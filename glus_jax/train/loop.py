@@ -75,10 +75,10 @@ STEP_KEYS = (
 def training_model_config(base: GLUSConfig, config: Any) -> GLUSConfig:
     """The model config a run trains: `base` with LoRA, dtype, remat, frame counts and SAM2 input size
     from the experiment config."""
-    from glus_jax.models.io import with_dtype
+    from glus_jax.models.io import with_field
 
     t, m, d = config.train, config.model, config.data
-    cfg = from_dict(GLUSConfig, with_dtype(to_dict(base), str(m.dtype)))
+    cfg = from_dict(GLUSConfig, with_field(to_dict(base), "dtype", str(m.dtype)))
     llama = dataclasses.replace(
         cfg.llava.llama,
         lora_rank=int(t.lora_rank),

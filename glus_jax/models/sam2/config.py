@@ -50,6 +50,7 @@ class HieraConfig:
     window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14)
     window_spec: tuple[int, ...] = (8, 4, 14, 7)
     global_att_blocks: tuple[int, ...] = (12, 16, 20)
+    unroll_layers: bool = False  # layers as straight-line code, not a scan: faster when few and small
     dtype: str = "float32"
 
     def __post_init__(self):

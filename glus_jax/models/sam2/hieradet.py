@@ -202,7 +202,7 @@ class MultiScaleBlock(nnx.Module):
 class HieraSegment(nnx.Module):
     """`n` structurally identical consecutive blocks; params stacked on a leading axis, scanned."""
 
-    def __init__(self, spec: BlockSpec, n: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, spec: BlockSpec, n: int, *, unroll: bool = False, dtype, rngs: nnx.Rngs):
         # A block that changes the shape (stage transition) cannot be a scan carry; such blocks
         # are always alone in their segment and are mapped over their length-1 stack instead.
         self.shape_preserving = spec.dim == spec.dim_out and not spec.q_stride
@@ -215,19 +215,23 @@ class HieraSegment(nnx.Module):
             return MultiScaleBlock(spec, dtype=dtype, rngs=r)
 
         self.blocks = make(rngs)
+        self.unroll = unroll
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.shape_preserving:
 
             @nnx.scan(
-                in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: None}
+                in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: None},
+                unroll=self.unroll,
             )
             def run(h, block):
                 return block(h)
 
             return run(x, self.blocks)
 
-        @nnx.scan(in_axes=(0, None), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+        @nnx.scan(
+            in_axes=(0, None), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None}, unroll=self.unroll
+        )
         def apply(block, h):
             return block(h)
 
@@ -269,7 +273,10 @@ class Hiera(nnx.Module):
         specs = block_specs(cfg)
         self.segment_blocks = tuple(tuple(s) for s in block_segments(cfg))
         self.segments = nnx.List(
-            [HieraSegment(specs[idx[0]], len(idx), dtype=dtype, rngs=rngs) for idx in self.segment_blocks]
+            [
+                HieraSegment(specs[idx[0]], len(idx), unroll=cfg.unroll_layers, dtype=dtype, rngs=rngs)
+                for idx in self.segment_blocks
+            ]
         )
         ends = set(stage_end_blocks(cfg))
         self._stage_output = tuple(idx[-1] in ends for idx in self.segment_blocks)

@@ -49,6 +49,7 @@ class MemoryAttentionConfig:
     pos_enc_at_cross_attn_queries: bool = False  # add query_pos to cross-attention queries
     rope_theta: float = 10000.0
     rope_k_repeat: bool = True  # cross-attention: repeat the query RoPE over each memory frame
+    unroll_layers: bool = False  # layers as straight-line code, not a scan: faster when few and small
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -311,7 +312,7 @@ class MemoryAttention(nnx.Module):
             keys = jax.random.split(dropout_rng, cfg.num_layers)
             deterministic = False
 
-        @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry, unroll=cfg.unroll_layers)
         def run(h, layer, key):
             rngs = None if deterministic else jax.random.split(key, 6)
             h = layer(

@@ -52,6 +52,7 @@ class MemoryEncoderConfig:
     fuser_padding: int = 3
     layer_scale_init_value: float = 1e-6  # CXBlock gamma init; <= 0 means no gamma
     use_dwconv: bool = True
+    unroll_layers: bool = False  # layers as straight-line code, not a scan: faster when few and small
     # PositionEmbeddingSine of the output
     pos_num_feats: int = 64
     pos_temperature: float = 10000.0
@@ -209,12 +210,13 @@ class Fuser(nnx.Module):
             return CXBlock(cfg, dtype=dtype, rngs=r)
 
         self.layers = make(rngs)
+        self.unroll = cfg.unroll_layers
 
     def __call__(self, x):
         if self.proj is not None:
             x = self.proj(x)
 
-        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, unroll=self.unroll)
         def run(h, block):
             return block(h)
 
