@@ -38,9 +38,10 @@ measurements behind each):
   (seg_cos ~0.999 by step 300); with it the prompts stay apart (seg_cos ~0.4) and the decoder starts to
   use them after ~1,000 steps.
 
-One step (batch 2, 3 expressions each) takes 0.48-0.62 s on 2 idle cores (it varied between sessions)
-plus ~1 min of compilation: 2,100 steps take ~22 min, 24 min with the SAM2 pretraining (over issue #8's
-20-minute budget).
+One step (batch 2, 3 expressions each) takes 0.45-0.51 s on 2 idle cores (the preset runs its towers'
+layers unrolled; 0.54-0.62 s as scans) plus ~1.5 min of set-up and compilation: `glus-jax train` took
+19.8 min, 22.6 min with the SAM2 pretraining (over issue #8's 20-minute budget), and reproduced the
+embedded model bit for bit.
 """
 
 from configs.base import base_config
