@@ -2,7 +2,7 @@
 
     glus-jax generate-data --root runs/world_data/mevis --split train --videos 400 --seed 0
     python -m benchmarks.sam_selection --prompt appearance --prompt-scale 4 --bce-weight 0 --dice-weight 1 \
-        --steps 600 --out runs/sam_pre --save runs/sam_pre/model          # SAM2 pretraining, ~2.2 min
+        --steps 600 --out runs/sam_pre --save runs/sam_pre/model          # SAM2 pretraining, ~2.8 min
     glus-jax train --config configs/synthetic.py --workdir runs/world   # -> runs/world/model
 
 The model is the `synthetic_world` preset (glus_jax/models/presets_synthetic.py: CLIP patch 28 -> 16
