@@ -81,8 +81,8 @@ def build_model(cfg, tokenizer, *, abstract: bool, scan_layers: bool = False):
 
     from glus_jax.config import from_dict, to_dict
     from glus_jax.models import glus as glus_lib
-    from glus_jax.models.io import with_field
     from glus_jax.models import llama as llama_lib
+    from glus_jax.models.io import with_field
     from glus_jax.train import loop
 
     base = glus_lib.PRESETS[cfg.model.preset](seg_token_id=tokenizer.seg_token_id)
